@@ -1,0 +1,168 @@
+import { dbSession, newNonCtxAtomicSession, newNonCtxSession, runInNewCtx } from './api.js';
+import { DbConnect } from './connect.js';
+import { type BeforeCommitCallback, DbSessionCtx, defaultCommitOn, storage } from './context.js';
+import { InvalidOptionsError } from './errors.js';
+import type { DbSession } from './session.js';
+
+// What the Fastify, Express and Koa adapters share: option checks, the request helpers, and the
+// request lifecycle (open or join a context, decide commit/rollback, abort). Each adapter only
+// maps its framework's hooks onto RequestCtx.
+
+/** Options every adapter takes. */
+export interface ContextDbOptions {
+  /** The default database for the request helpers (`request.db`, `req.db`, `ctx.db`). */
+  readonly db: DbConnect;
+  /** Awaited before each session with an open transaction is committed. */
+  readonly beforeCommit?: BeforeCommitCallback;
+  /** Which final status codes commit; default `statusCode < 400`. */
+  readonly commitOn?: (statusCode: number) => boolean;
+}
+
+/**
+ * Throw a clear `InvalidOptionsError` when an adapter's options are wrong, at registration time
+ * rather than on the first request.
+ *
+ * @example
+ * ```ts
+ * validateContextDbOptions(options, 'contextDb()', ['skip']);
+ * ```
+ */
+export function validateContextDbOptions(
+  options: unknown,
+  where: string,
+  extraFunctions: readonly string[] = [],
+): asserts options is ContextDbOptions {
+  if (typeof options !== 'object' || options === null) {
+    throw new InvalidOptionsError(
+      `${where} needs options: { db } with db a DbConnect, e.g. { db: new DbConnect({ connectionString }) }.`,
+    );
+  }
+  const record = options as Record<string, unknown>;
+  if (!(record.db instanceof DbConnect) && !isDbConnectLike(record.db)) {
+    throw new InvalidOptionsError(
+      `${where}: options.db must be a DbConnect (new DbConnect({ connectionString: process.env.DATABASE_URL })), got ${describe(record.db)}.`,
+    );
+  }
+  for (const name of ['beforeCommit', 'commitOn', ...extraFunctions]) {
+    if (record[name] !== undefined && typeof record[name] !== 'function') {
+      throw new InvalidOptionsError(`${where}: options.${name} must be a function, got ${describe(record[name])}.`);
+    }
+  }
+}
+
+// A DbConnect from another loaded copy of core fails instanceof but works all the same.
+function isDbConnectLike(value: unknown): boolean {
+  return typeof value === 'object' && value !== null && typeof (value as DbConnect).createSession === 'function';
+}
+
+function describe(value: unknown): string {
+  if (value === null) return 'null';
+  if (typeof value === 'object') return value.constructor?.name ?? 'an object';
+  return typeof value;
+}
+
+/** The route helpers an adapter puts on each request, bound to its `db`. */
+export interface DbHelpers {
+  /** The request context's session for the adapter's `db` (`dbSession(db)`). */
+  session(): Promise<DbSession>;
+  /** `runInNewCtx(fn, ...args)`: concurrent work in an independent context and connection. */
+  runInNewCtx<A extends unknown[], R>(fn: (...args: A) => Promise<R> | R, ...args: A): Promise<R>;
+  /** `newNonCtxSession(db, fn)`: a session of its own that `fn` commits itself. */
+  newSession<R>(fn: (session: DbSession) => Promise<R> | R): Promise<R>;
+  /** `newNonCtxAtomicSession(db, fn)`: a session of its own, committed when `fn` returns. */
+  newAtomicSession<R>(fn: (session: DbSession) => Promise<R> | R): Promise<R>;
+}
+
+/**
+ * The route helpers for `db`. They hold no per-request state (the context comes from
+ * AsyncLocalStorage), so one object serves every request.
+ *
+ * @example
+ * ```ts
+ * const helpers = createDbHelpers(db);
+ * await helpers.newAtomicSession((s) => s.query('INSERT INTO audit DEFAULT VALUES'));
+ * ```
+ */
+export function createDbHelpers(db: DbConnect): DbHelpers {
+  return {
+    session: () => dbSession(db),
+    runInNewCtx,
+    newSession: (fn) => newNonCtxSession(db, fn),
+    newAtomicSession: (fn) => newNonCtxAtomicSession(db, fn),
+  };
+}
+
+/** Thrown into the context's finish when the client went away before the response was sent. */
+export class ClientAbortedError extends Error {
+  constructor() {
+    super('The client closed the connection before the response was sent; the transaction was rolled back.');
+    this.name = 'ClientAbortedError';
+  }
+}
+
+/**
+ * One request's context as an adapter drives it. `open` joins the context already open (a test
+ * context set up with `setTestContext`) or makes a new one; only a context the request made is
+ * finished by it.
+ *
+ * @example
+ * ```ts
+ * const rc = RequestCtx.open(options);
+ * await rc.run(() => handler(req));
+ * const failure = await rc.end(res.statusCode); // an error means: answer 500 instead
+ * ```
+ */
+export class RequestCtx {
+  readonly #ctx: DbSessionCtx;
+  readonly #owned: boolean;
+  readonly #options: ContextDbOptions;
+
+  private constructor(ctx: DbSessionCtx, owned: boolean, options: ContextDbOptions) {
+    this.#ctx = ctx;
+    this.#owned = owned;
+    this.#options = options;
+  }
+
+  static open(options: ContextDbOptions): RequestCtx {
+    const current = storage.getStore();
+    return current === undefined
+      ? new RequestCtx(new DbSessionCtx(), true, options)
+      : new RequestCtx(current, false, options);
+  }
+
+  /** Run (or re-enter, from a framework callback) the request's context. */
+  run<R>(fn: () => R): R {
+    return this.#ctx.run(fn);
+  }
+
+  /** Whether the final status commits, by the adapter's `commitOn`. */
+  commits(statusCode: number, error?: unknown): boolean {
+    return error === undefined && (this.#options.commitOn ?? defaultCommitOn)(statusCode);
+  }
+
+  /**
+   * Commit or roll back from the final status and error, then release everything. Resolves to
+   * `undefined` when the outcome stands, or to the error that stopped a wanted commit: the
+   * adapter must then answer 500 instead of the handler's response.
+   */
+  async end(statusCode: number, error?: unknown): Promise<unknown> {
+    if (!this.#owned) return undefined;
+    const { beforeCommit, commitOn } = this.#options;
+    try {
+      await this.#ctx.finish({
+        statusCode,
+        error,
+        ...(beforeCommit && { beforeCommit }),
+        ...(commitOn && { commitOn }),
+      });
+      return undefined;
+    } catch (err) {
+      return err;
+    }
+  }
+
+  /** The client went away: roll back and release at once. */
+  abort(): void {
+    if (this.#owned) void this.#ctx.finish({ error: new ClientAbortedError() }).catch(() => {});
+  }
+}

@@ -1,0 +1,220 @@
+import type { Pool, PoolConfig } from 'pg';
+import pg from 'pg';
+import { DbConnectClosedError, InvalidOptionsError } from './errors.js';
+import { DbSession } from './session.js';
+
+/** Builds the pool for a host; called lazily on first use and again after `changeHost()`. */
+export type CreatePool = (host: string | undefined) => Pool;
+
+/** Awaited before each new session is created, e.g. to pick the current primary with `changeHost`. */
+export type BeforeCreateSession = (db: DbConnect) => void | Promise<void>;
+
+/** Options of `new DbConnect()`: either `createPool`, or `connectionString` and/or `poolConfig`. */
+export interface DbConnectOptions {
+  /** Builds the `pg.Pool` for a host. Use it for full control over the pool. */
+  readonly createPool?: CreatePool;
+  /** Shorthand for a default pool: `postgres://user@host:5432/db`. */
+  readonly connectionString?: string;
+  /** Shorthand for a default pool: any `pg.PoolConfig` (merged under `connectionString`). */
+  readonly poolConfig?: PoolConfig;
+  /** Passed to `createPool`; with the shorthand it replaces the server host (and port, as `host:port`). */
+  readonly host?: string;
+  readonly beforeCreateSession?: BeforeCreateSession;
+  /**
+   * Called when an idle pooled connection fails (the server restarted, a backend was killed).
+   * pg emits these on the pool, where an unhandled one would crash the process.
+   * Default: a one-line warning on stderr.
+   */
+  readonly onPoolError?: (err: Error) => void;
+}
+
+function defaultCreatePool(connectionString: string | undefined, poolConfig: PoolConfig): CreatePool {
+  return (host) => {
+    const config: PoolConfig = { ...poolConfig };
+    if (connectionString !== undefined) {
+      // node-postgres lets a connection string override `host`, so the host goes into the URL.
+      const url = new URL(connectionString);
+      if (host !== undefined) url.host = host;
+      config.connectionString = url.toString();
+    } else if (host !== undefined) {
+      config.host = host;
+    }
+    return new pg.Pool(config);
+  };
+}
+
+function validate(options: DbConnectOptions): void {
+  if (typeof options !== 'object' || options === null) {
+    throw new InvalidOptionsError(
+      'new DbConnect(options) needs an options object, e.g. new DbConnect({ connectionString: process.env.DATABASE_URL }).',
+    );
+  }
+  const { createPool, connectionString, poolConfig, host, beforeCreateSession, onPoolError } = options;
+  if (createPool !== undefined && typeof createPool !== 'function') {
+    throw new InvalidOptionsError('DbConnect: createPool must be a function (host) => new pg.Pool(…).');
+  }
+  if (createPool !== undefined && (connectionString !== undefined || poolConfig !== undefined)) {
+    throw new InvalidOptionsError(
+      'DbConnect: pass either createPool or connectionString/poolConfig, not both: createPool builds the whole pool.',
+    );
+  }
+  if (createPool === undefined && connectionString === undefined && poolConfig === undefined) {
+    throw new InvalidOptionsError(
+      'DbConnect needs to know where the database is: pass connectionString (e.g. process.env.DATABASE_URL), ' +
+        'poolConfig, or createPool. Is DATABASE_URL set?',
+    );
+  }
+  if (connectionString !== undefined) {
+    if (typeof connectionString !== 'string' || connectionString === '') {
+      throw new InvalidOptionsError(
+        `DbConnect: connectionString must be a non-empty string like postgres://user@localhost:5432/db, got ${JSON.stringify(connectionString)}. Is DATABASE_URL set?`,
+      );
+    }
+    try {
+      new URL(connectionString);
+    } catch {
+      throw new InvalidOptionsError(
+        'DbConnect: connectionString is not a URL; expected postgres://user:password@host:5432/database.',
+      );
+    }
+  }
+  if (poolConfig !== undefined && (typeof poolConfig !== 'object' || poolConfig === null)) {
+    throw new InvalidOptionsError('DbConnect: poolConfig must be a pg.PoolConfig object.');
+  }
+  if (host !== undefined && (typeof host !== 'string' || host === '')) {
+    throw new InvalidOptionsError('DbConnect: host must be a non-empty string.');
+  }
+  for (const [name, fn] of [
+    ['beforeCreateSession', beforeCreateSession],
+    ['onPoolError', onPoolError],
+  ] as const) {
+    if (fn !== undefined && typeof fn !== 'function') {
+      throw new InvalidOptionsError(`DbConnect: ${name} must be a function.`);
+    }
+  }
+}
+
+const warnPoolError = (err: Error): void => {
+  console.warn(`context-db: an idle pooled connection failed and was discarded: ${err.message}`);
+};
+
+/**
+ * A database to talk to: owns a lazily created `pg.Pool` and makes sessions on it. Create one per
+ * database at start-up and pass it to `dbSession(db)` and the adapters.
+ *
+ * @example
+ * ```ts
+ * export const db = new DbConnect({ connectionString: process.env.DATABASE_URL });
+ * // or, with full control over the pool:
+ * export const db2 = new DbConnect({ host: 'primary.internal', createPool: (host) => new pg.Pool({ host, max: 20 }) });
+ * ```
+ */
+export class DbConnect {
+  readonly #createPool: CreatePool;
+  readonly #beforeCreateSession: BeforeCreateSession | undefined;
+  readonly #onPoolError: (err: Error) => void;
+  #host: string | undefined;
+  #pool: Pool | undefined;
+  #closed = false;
+
+  constructor(options: DbConnectOptions) {
+    validate(options);
+    this.#createPool = options.createPool ?? defaultCreatePool(options.connectionString, options.poolConfig ?? {});
+    this.#host = options.host;
+    this.#beforeCreateSession = options.beforeCreateSession;
+    this.#onPoolError = options.onPoolError ?? warnPoolError;
+  }
+
+  /** The host new pools are built for. */
+  get host(): string | undefined {
+    return this.#host;
+  }
+
+  /** True after `close()`. */
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /**
+   * The current pool, created on first call. Sessions take their connection from here when they
+   * run their first query.
+   *
+   * @example
+   * ```ts
+   * console.log(db.pool().totalCount, db.pool().idleCount);
+   * ```
+   */
+  pool(): Pool {
+    if (this.#closed) throw new DbConnectClosedError();
+    if (this.#pool === undefined) {
+      const pool = this.#createPool(this.#host);
+      if (typeof (pool as Partial<Pool> | undefined)?.connect !== 'function') {
+        throw new InvalidOptionsError('DbConnect: createPool(host) must return a pg.Pool.');
+      }
+      pool.on('error', this.#onPoolError);
+      this.#pool = pool;
+    }
+    return this.#pool;
+  }
+
+  /**
+   * A new session outside any context, with `beforeCreateSession` awaited first. The caller owns
+   * it and must close it (`await using` does).
+   *
+   * @example
+   * ```ts
+   * await using session = await db.createSession();
+   * await session.query('SELECT 1');
+   * ```
+   */
+  async createSession(): Promise<DbSession> {
+    if (this.#closed) throw new DbConnectClosedError();
+    await this.#beforeCreateSession?.(this);
+    return new DbSession({
+      acquire: () => this.pool().connect(),
+      release: (client, destroy) => client.release(destroy),
+      beginSql: 'BEGIN',
+      commitSql: 'COMMIT',
+      rollbackSql: 'ROLLBACK',
+    });
+  }
+
+  /**
+   * Point new sessions at another host: the next connection comes from a pool built by
+   * `createPool(host)`. The old pool is ended once the sessions still holding its connections
+   * close; the returned promise resolves then, so do not await it while holding a session.
+   *
+   * @example
+   * ```ts
+   * void db.changeHost(await discoverPrimary());
+   * ```
+   */
+  async changeHost(host: string): Promise<void> {
+    if (typeof host !== 'string' || host === '') {
+      throw new InvalidOptionsError('changeHost(host) needs a non-empty string.');
+    }
+    if (this.#closed) throw new DbConnectClosedError();
+    if (host === this.#host) return;
+    const old = this.#pool;
+    this.#host = host;
+    this.#pool = undefined;
+    await old?.end();
+  }
+
+  /**
+   * End the pool: idle connections close now, checked-out ones when their sessions close. Later
+   * use throws `DbConnectClosedError`. Safe to call twice.
+   *
+   * @example
+   * ```ts
+   * process.on('SIGTERM', async () => { await app.close(); await db.close(); });
+   * ```
+   */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    const pool = this.#pool;
+    this.#pool = undefined;
+    await pool?.end();
+  }
+}

@@ -1,0 +1,258 @@
+import { AsyncLocalStorage } from 'node:async_hooks';
+import type { DbConnect } from './connect.js';
+import { ContextAlreadyInitiatedError, SessionClosedError } from './errors.js';
+import type { DbSession } from './session.js';
+
+/** Awaited just before each session with an open transaction is committed; not on rollback. */
+export type BeforeCommitCallback = (session: DbSession) => void | Promise<void>;
+
+/** What `DbSessionCtx.finish()` decides from. */
+export interface FinishOptions {
+  /** The response status; defaults to 200. */
+  readonly statusCode?: number;
+  /** Any error means roll back, whatever the status. */
+  readonly error?: unknown;
+  readonly beforeCommit?: BeforeCommitCallback;
+  /** Which statuses commit; default `statusCode < 400`. */
+  readonly commitOn?: (statusCode: number) => boolean;
+}
+
+/** The default commit rule: success statuses and redirects commit, 4xx and 5xx roll back. */
+export const defaultCommitOn = (statusCode: number): boolean => statusCode < 400;
+
+// One store per process, even when the ESM and CommonJS builds (or two installed versions) of
+// core are both loaded: otherwise an adapter and the app could each see a different context.
+const STORAGE_KEY = Symbol.for('@context-db/core.storage');
+type Storage = AsyncLocalStorage<DbSessionCtx>;
+const holder = globalThis as typeof globalThis & { [STORAGE_KEY]?: Storage };
+holder[STORAGE_KEY] ??= new AsyncLocalStorage<DbSessionCtx>();
+/** @internal */
+export const storage: Storage = holder[STORAGE_KEY];
+
+type State = 'open' | 'finishing' | 'finished';
+
+/**
+ * The sessions of one unit of work (a request, a job, a test). An adapter creates one per
+ * request, runs the request inside it with `run`, and calls `finish` when the outcome is known,
+ * which may be from a callback outside the async scope (Express's `res.end`).
+ *
+ * @example
+ * ```ts
+ * const ctx = new DbSessionCtx();
+ * let statusCode = 200, error: unknown;
+ * try { await ctx.run(() => handle(job)); } catch (err) { error = err; }
+ * await ctx.finish({ statusCode, error });
+ * ```
+ */
+export class DbSessionCtx {
+  // Only public members are used across the module boundary: a context made by another copy of
+  // core may be the one in the store, and #private fields do not work across copies.
+  readonly #sessions = new Map<DbConnect, Promise<DbSession>>();
+  #state: State = 'open';
+  #finishing: Promise<void> | undefined;
+
+  /** True once `finish()` has started; no new sessions can be made then. */
+  get finished(): boolean {
+    return this.#state !== 'open';
+  }
+
+  /**
+   * Run `fn` inside this context: `dbSession()` anywhere below it, including async work it
+   * starts, finds this context. Re-entering the same context is allowed (adapters do it from
+   * framework callbacks); opening it inside a different one throws `ContextAlreadyInitiatedError`.
+   *
+   * @example
+   * ```ts
+   * await ctx.run(async () => (await dbSession(db)).query('SELECT 1'));
+   * ```
+   */
+  run<R>(fn: () => R): R {
+    const current = storage.getStore();
+    if (current !== undefined && current !== this) throw new ContextAlreadyInitiatedError();
+    return storage.run(this, fn);
+  }
+
+  /**
+   * The context's session for `db`, created on first call (no connection is taken yet).
+   *
+   * @example
+   * ```ts
+   * const session = await ctx.getSession(db);
+   * ```
+   */
+  getSession(db: DbConnect): Promise<DbSession> {
+    const existing = this.#sessions.get(db);
+    if (existing !== undefined) return existing;
+    if (this.#state !== 'open') {
+      return Promise.reject(
+        new SessionClosedError('dbSession() was called after its context finished (the request already ended).'),
+      );
+    }
+    const created = db.createSession();
+    this.#sessions.set(db, created);
+    created.catch(() => {
+      if (this.#sessions.get(db) === created) this.#sessions.delete(db);
+    });
+    return created;
+  }
+
+  /**
+   * The session for `db` if one was made, without making one.
+   *
+   * @example
+   * ```ts
+   * const session = await ctx.peekSession(db); // undefined when nothing asked for it
+   * ```
+   */
+  async peekSession(db: DbConnect): Promise<DbSession | undefined> {
+    return settled(this.#sessions.get(db));
+  }
+
+  /**
+   * Put a session of the caller's making into the context for `db` (the testing helpers do);
+   * returns a function that takes it out again.
+   *
+   * @example
+   * ```ts
+   * const remove = ctx.putSession(db, savepointSession);
+   * try { await work(); } finally { remove(); }
+   * ```
+   */
+  putSession(db: DbConnect, session: DbSession): () => void {
+    const previous = this.#sessions.get(db);
+    const entry = Promise.resolve(session);
+    this.#sessions.set(db, entry);
+    return () => {
+      if (this.#sessions.get(db) !== entry) return;
+      if (previous === undefined) this.#sessions.delete(db);
+      else this.#sessions.set(db, previous);
+    };
+  }
+
+  /**
+   * Close the session for `db` and take it out of the context, so the next `dbSession(db)` makes
+   * a new one.
+   *
+   * @example
+   * ```ts
+   * await ctx.closeSession(db);
+   * ```
+   */
+  async closeSession(db: DbConnect): Promise<void> {
+    const entry = this.#sessions.get(db);
+    if (entry === undefined) return;
+    this.#sessions.delete(db);
+    await (await settled(entry))?.close();
+  }
+
+  /**
+   * Commit every session with an open transaction, awaiting `beforeCommit(session)` before each.
+   * Stops at the first failure and rejects with it; sessions stay open.
+   *
+   * @example
+   * ```ts
+   * await ctx.commitAll(async (session) => { await session.query('SELECT audit_flush()'); });
+   * ```
+   */
+  async commitAll(beforeCommit?: BeforeCommitCallback): Promise<void> {
+    for (const session of await this.#settledSessions()) {
+      if (beforeCommit !== undefined && session.inTransaction) await beforeCommit(session);
+      await session.commit();
+    }
+  }
+
+  /**
+   * Roll back every session's open transaction; never rejects.
+   *
+   * @example
+   * ```ts
+   * await ctx.rollbackAll();
+   * ```
+   */
+  async rollbackAll(): Promise<void> {
+    for (const session of await this.#settledSessions()) {
+      if (!session.closed) await session.rollback();
+    }
+  }
+
+  /**
+   * Roll back what is uncommitted, release every connection and empty the context: the next
+   * `dbSession()` in it makes a new session. Never rejects.
+   *
+   * @example
+   * ```ts
+   * await ctx.closeAll();
+   * ```
+   */
+  async closeAll(): Promise<void> {
+    const sessions = await this.#settledSessions();
+    this.#sessions.clear();
+    await Promise.all(sessions.map((session) => session.close()));
+  }
+
+  /**
+   * End the unit of work: commit when there is no `error` and `commitOn(statusCode)` holds (by
+   * default, status < 400), otherwise roll back; then close everything. Rejects only when it
+   * meant to commit and could not (a failed COMMIT or a throwing `beforeCommit`): by then every
+   * session is rolled back and released, and the caller should report a failure (HTTP 500).
+   * A second call, e.g. a client abort racing the normal end, returns the first call's promise.
+   *
+   * @example
+   * ```ts
+   * try { await ctx.finish({ statusCode: reply.statusCode }); }
+   * catch (err) { reply.code(500); }
+   * ```
+   */
+  finish(options: FinishOptions = {}): Promise<void> {
+    this.#finishing ??= this.#finish(options);
+    return this.#finishing;
+  }
+
+  async #finish({ statusCode = 200, error, beforeCommit, commitOn = defaultCommitOn }: FinishOptions): Promise<void> {
+    this.#state = 'finishing';
+    try {
+      if (error === undefined && commitOn(statusCode)) await this.commitAll(beforeCommit);
+      else await this.rollbackAll();
+    } catch (err) {
+      await this.rollbackAll();
+      throw err;
+    } finally {
+      this.#state = 'finished';
+      await this.closeAll();
+    }
+  }
+
+  async #settledSessions(): Promise<DbSession[]> {
+    const sessions = await Promise.all([...this.#sessions.values()].map(settled));
+    return sessions.filter((session): session is DbSession => session !== undefined);
+  }
+}
+
+/** A session promise's value, or undefined when creating it failed (its caller saw that error). */
+function settled(entry: Promise<DbSession> | undefined): Promise<DbSession | undefined> {
+  return entry === undefined ? Promise.resolve(undefined) : entry.catch(() => undefined);
+}
+
+/**
+ * The context the calling code runs in, if any.
+ *
+ * @example
+ * ```ts
+ * const ctx = currentCtx() ?? new DbSessionCtx();
+ * ```
+ */
+export function currentCtx(): DbSessionCtx | undefined {
+  return storage.getStore();
+}
+
+/**
+ * True when the calling code runs inside a context-db context.
+ *
+ * @example
+ * ```ts
+ * if (!isContextInitiated()) return runInNewCtx(job);
+ * ```
+ */
+export function isContextInitiated(): boolean {
+  return storage.getStore() !== undefined;
+}

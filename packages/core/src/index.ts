@@ -1,0 +1,43 @@
+export {
+  ClientAbortedError,
+  type ContextDbOptions,
+  createDbHelpers,
+  type DbHelpers,
+  RequestCtx,
+  validateContextDbOptions,
+} from './adapter.js';
+export {
+  type AtomicOptions,
+  atomicDbSession,
+  type CurrentTransactionMode,
+  closeAllSessions,
+  closeDbSession,
+  commitAllSessions,
+  commitDbSession,
+  dbSession,
+  newNonCtxAtomicSession,
+  newNonCtxSession,
+  rollbackAllSessions,
+  rollbackDbSession,
+  runInNewCtx,
+} from './api.js';
+export { type BeforeCreateSession, type CreatePool, DbConnect, type DbConnectOptions } from './connect.js';
+export {
+  type BeforeCommitCallback,
+  currentCtx,
+  DbSessionCtx,
+  defaultCommitOn,
+  type FinishOptions,
+  isContextInitiated,
+} from './context.js';
+export {
+  CommitFailedError,
+  ContextAlreadyInitiatedError,
+  ContextDbError,
+  ContextNotInitiatedError,
+  DbConnectClosedError,
+  InvalidOptionsError,
+  SessionClosedError,
+  TransactionAlreadyOpenError,
+} from './errors.js';
+export { DbSession } from './session.js';

@@ -1,6 +1,6 @@
 import type { Pool, PoolConfig } from 'pg';
 import pg from 'pg';
-import { DbConnectClosedError, InvalidOptionsError } from './errors.js';
+import { DatabaseUnavailableError, DbConnectClosedError, InvalidOptionsError } from './errors.js';
 import { DbSession } from './session.js';
 
 /** Builds the pool for a host; called lazily on first use and again after `changeHost()`. */
@@ -30,7 +30,8 @@ export interface DbConnectOptions {
 
 function defaultCreatePool(connectionString: string | undefined, poolConfig: PoolConfig): CreatePool {
   return (host) => {
-    const config: PoolConfig = { ...poolConfig };
+    // pg waits forever for a free connection by default; a request should fail (503) instead.
+    const config: PoolConfig = { connectionTimeoutMillis: 10_000, ...poolConfig };
     if (connectionString !== undefined) {
       // node-postgres lets a connection string override `host`, so the host goes into the URL.
       const url = new URL(connectionString);
@@ -92,6 +93,31 @@ function validate(options: DbConnectOptions): void {
       throw new InvalidOptionsError(`DbConnect: ${name} must be a function.`);
     }
   }
+}
+
+/** Why a pool could not hand out a connection, as an error that says what to do about it. */
+function unavailable(err: unknown, pool: Pool): unknown {
+  if (!(err instanceof Error)) return err;
+  const { max, connectionTimeoutMillis } = pool.options;
+  if (/timeout exceeded when trying to connect/i.test(err.message) && pool.totalCount >= max) {
+    return new DatabaseUnavailableError(
+      'POOL_EXHAUSTED',
+      `No pooled connection became free within ${connectionTimeoutMillis} ms: all ${max} are in use. ` +
+        'Raise poolConfig.max (within the server max_connections), release connections sooner ' +
+        '(closeDbSession before slow work), or lower the concurrency.',
+      { cause: err },
+    );
+  }
+  const code = (err as { code?: unknown }).code;
+  if (
+    typeof code === 'string' &&
+    /^(ECONNREFUSED|ECONNRESET|ENOTFOUND|EAI_AGAIN|ETIMEDOUT|EHOSTUNREACH|57P03)$/.test(code)
+  ) {
+    return new DatabaseUnavailableError('DATABASE_UNREACHABLE', `The database cannot be reached: ${err.message}.`, {
+      cause: err,
+    });
+  }
+  return err;
 }
 
 const warnPoolError = (err: Error): void => {
@@ -171,7 +197,12 @@ export class DbConnect {
     if (this.#closed) throw new DbConnectClosedError();
     await this.#beforeCreateSession?.(this);
     return new DbSession({
-      acquire: () => this.pool().connect(),
+      acquire: () => {
+        const pool = this.pool();
+        return pool.connect().catch((err: unknown) => {
+          throw unavailable(err, pool);
+        });
+      },
       release: (client, destroy) => client.release(destroy),
       beginSql: 'BEGIN',
       commitSql: 'COMMIT',

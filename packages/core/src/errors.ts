@@ -93,3 +93,17 @@ export class InvalidOptionsError extends ContextDbError {
     super('INVALID_OPTIONS', message);
   }
 }
+
+/**
+ * No connection could be had for a session: the pool stayed full for its whole
+ * `connectionTimeoutMillis`, or the server could not be reached. Carries `statusCode` 503, which
+ * Fastify, Express and Koa use for the response: the request may be retried later.
+ */
+export class DatabaseUnavailableError extends ContextDbError {
+  readonly statusCode = 503;
+  readonly status = 503;
+
+  constructor(code: 'POOL_EXHAUSTED' | 'DATABASE_UNREACHABLE', message: string, options?: ErrorOptions) {
+    super(code, message, options);
+  }
+}

@@ -35,6 +35,7 @@ export {
   ContextAlreadyInitiatedError,
   ContextDbError,
   ContextNotInitiatedError,
+  DatabaseUnavailableError,
   DbConnectClosedError,
   InvalidOptionsError,
   SessionClosedError,

@@ -18,8 +18,8 @@ export interface ExampleStore {
   readonly table: string;
 }
 
-/** The example's store from DATABASE_URL (set by `pnpm example`), with its table created. */
-export async function storeFromEnv(table = 'context_db_example'): Promise<ExampleStore> {
+/** The example's store from DATABASE_URL (set by `pnpm example`) and EXAMPLE_TABLE, with its table created. */
+export async function storeFromEnv(table = process.env.EXAMPLE_TABLE ?? 'context_db_example'): Promise<ExampleStore> {
   const db = new DbConnect({
     connectionString: process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres',
   });

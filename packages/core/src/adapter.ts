@@ -1,6 +1,6 @@
 import { dbSession, newNonCtxAtomicSession, newNonCtxSession, runInNewCtx } from './api.js';
 import { DbConnect } from './connect.js';
-import { type BeforeCommitCallback, DbSessionCtx, defaultCommitOn, storage } from './context.js';
+import { type BeforeCommitCallback, DbSessionCtx, type FinishOptions, storage } from './context.js';
 import { InvalidOptionsError } from './errors.js';
 import type { DbSession } from './session.js';
 
@@ -125,36 +125,37 @@ export class RequestCtx {
 
   static open(options: ContextDbOptions): RequestCtx {
     const current = storage.getStore();
-    return current === undefined
+    // A finished context around the server (one started inside runInNewCtx, say) is no test
+    // context to join: every request would fail on it.
+    return current === undefined || current.finished
       ? new RequestCtx(new DbSessionCtx(), true, options)
       : new RequestCtx(current, false, options);
   }
 
-  /** Run (or re-enter, from a framework callback) the request's context. */
+  /**
+   * Run, or resume from a framework callback, the request's context, even where another
+   * request's context is current (a callback parked by one request and run by another).
+   */
   run<R>(fn: () => R): R {
-    return this.#ctx.run(fn);
-  }
-
-  /** Whether the final status commits, by the adapter's `commitOn`. */
-  commits(statusCode: number, error?: unknown): boolean {
-    return error === undefined && (this.#options.commitOn ?? defaultCommitOn)(statusCode);
+    return storage.run(this.#ctx, fn);
   }
 
   /**
    * Commit or roll back from the final status and error, then release everything. Resolves to
    * `undefined` when the outcome stands, or to the error that stopped a wanted commit: the
-   * adapter must then answer 500 instead of the handler's response.
+   * adapter must then answer 500 instead of the handler's response. A joined context (a test's)
+   * is settled the same way but left open for the test.
    */
   async end(statusCode: number, error?: unknown): Promise<unknown> {
-    if (!this.#owned) return undefined;
     const { beforeCommit, commitOn } = this.#options;
+    const options: FinishOptions = {
+      statusCode,
+      error,
+      ...(beforeCommit && { beforeCommit }),
+      ...(commitOn && { commitOn }),
+    };
     try {
-      await this.#ctx.finish({
-        statusCode,
-        error,
-        ...(beforeCommit && { beforeCommit }),
-        ...(commitOn && { commitOn }),
-      });
+      await (this.#owned ? this.#ctx.finish(options) : this.#ctx.settle(options));
       return undefined;
     } catch (err) {
       return err;

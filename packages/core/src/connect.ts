@@ -14,11 +14,11 @@ export interface DbConnectOptions {
   /** Builds the `pg.Pool` for a host. Use it for full control over the pool. */
   readonly createPool?: CreatePool;
   /** Shorthand for a default pool: `postgres://user@host:5432/db`. */
-  readonly connectionString?: string;
+  readonly connectionString?: string | undefined;
   /** Shorthand for a default pool: any `pg.PoolConfig` (merged under `connectionString`). */
-  readonly poolConfig?: PoolConfig;
+  readonly poolConfig?: PoolConfig | undefined;
   /** Passed to `createPool`; with the shorthand it replaces the server host (and port, as `host:port`). */
-  readonly host?: string;
+  readonly host?: string | undefined;
   readonly beforeCreateSession?: BeforeCreateSession;
   /**
    * Called when an idle pooled connection fails (the server restarted, a backend was killed).

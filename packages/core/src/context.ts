@@ -208,14 +208,35 @@ export class DbSessionCtx {
     return this.#finishing;
   }
 
-  async #finish({ statusCode = 200, error, beforeCommit, commitOn = defaultCommitOn }: FinishOptions): Promise<void> {
-    this.#state = 'finishing';
+  /**
+   * Commit or roll back every session by the same rule as `finish`, but leave them open and the
+   * context usable: for a context that outlives the unit of work (a test's, joined by requests).
+   * Rejects, after rolling back, only when it meant to commit and could not.
+   *
+   * @example
+   * ```ts
+   * await ctx.settle({ statusCode: 422 }); // rolled back; the sessions stay for the next request
+   * ```
+   */
+  async settle({
+    statusCode = 200,
+    error,
+    beforeCommit,
+    commitOn = defaultCommitOn,
+  }: FinishOptions = {}): Promise<void> {
     try {
       if (error === undefined && commitOn(statusCode)) await this.commitAll(beforeCommit);
       else await this.rollbackAll();
     } catch (err) {
       await this.rollbackAll();
       throw err;
+    }
+  }
+
+  async #finish(options: FinishOptions): Promise<void> {
+    this.#state = 'finishing';
+    try {
+      await this.settle(options);
     } finally {
       this.#state = 'finished';
       await this.closeAll();
@@ -243,6 +264,19 @@ function settled(entry: Promise<DbSession> | undefined): Promise<DbSession | und
  */
 export function currentCtx(): DbSessionCtx | undefined {
   return storage.getStore();
+}
+
+/**
+ * Run `fn` outside any context-db context (other AsyncLocalStorage stores are kept): there
+ * `dbSession()` throws and `isContextInitiated()` is false. Adapters use it for opted-out routes.
+ *
+ * @example
+ * ```ts
+ * await runOutsideCtx(() => newNonCtxSession(db, (s) => s.query('SELECT 1')));
+ * ```
+ */
+export function runOutsideCtx<R>(fn: () => R): R {
+  return storage.exit(fn);
 }
 
 /**

@@ -29,6 +29,7 @@ export {
   defaultCommitOn,
   type FinishOptions,
   isContextInitiated,
+  runOutsideCtx,
 } from './context.js';
 export {
   CommitFailedError,

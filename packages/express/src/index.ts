@@ -1,1 +1,269 @@
-export {};
+import { AsyncResource } from 'node:async_hooks';
+import type { OutgoingHttpHeaders } from 'node:http';
+import {
+  type ContextDbOptions,
+  createDbHelpers,
+  type DbHelpers,
+  RequestCtx,
+  runOutsideCtx,
+  validateContextDbOptions,
+} from '@context-db/core';
+import type { ErrorRequestHandler, NextFunction, Request, RequestHandler, Response } from 'express';
+
+declare global {
+  namespace Express {
+    interface Request {
+      /** context-db helpers bound to the `db` given to `contextDb()`: `req.db.session()` and friends. */
+      db: DbHelpers;
+    }
+  }
+}
+
+/** Options of `contextDb()`: core's adapter options plus `skip`. */
+export interface ContextDbExpressOptions extends ContextDbOptions {
+  /** Return true to run a request without a context: nothing is held back, no session is made. */
+  readonly skip?: (req: Request) => boolean;
+}
+
+type Method = (...args: unknown[]) => unknown;
+
+// Where a request's response stands. 'open': the app has not started it. 'deciding': the app
+// wrote or ended it and RequestCtx.end() runs; the app's calls are queued. 'through': the
+// outcome stands (or the route opted out), calls go straight to Node. 'replaced': a commit
+// failed and a 500 was sent instead; the app's calls are dropped.
+type Phase = 'open' | 'deciding' | 'through' | 'replaced';
+
+const links = new WeakMap<Request, RequestLink>();
+
+/** One request's context and the hold on its response until the commit-or-rollback decision. */
+class RequestLink {
+  error: unknown;
+  readonly #req: Request;
+  readonly #res: Response;
+  readonly #rc: RequestCtx;
+  readonly #write: Method;
+  readonly #end: Method;
+  #phase: Phase = 'open';
+  #appEnded = false;
+  #optedOut = false;
+  #starved = false; // a held write returned false: the writer waits for 'drain'
+  #queue: Array<{ method: Method; args: unknown[] }> = [];
+
+  constructor(req: Request, res: Response, rc: RequestCtx) {
+    this.#req = req;
+    this.#res = res;
+    this.#rc = rc;
+    // The methods as they are now, so middleware that wrapped them earlier (compression) still runs.
+    this.#write = res.write as Method;
+    this.#end = res.end as Method;
+    const flushHeaders = res.flushHeaders as Method;
+    const link = this;
+    res.write = ((...args: unknown[]) => link.#hold(link.#write, args, true)) as Response['write'];
+    res.end = ((...args: unknown[]) => {
+      link.#hold(link.#end, args, false);
+      link.#appEnded = true;
+      return res;
+    }) as Response['end'];
+    res.flushHeaders = (...args: unknown[]) => {
+      link.#hold(flushHeaders, args, false);
+    };
+    // Stream events of req (body parsers, multipart parsers, any req.on('end', next)) are
+    // emitted from the socket's callbacks, whose async context is the connection's, not this
+    // request's: emit them inside the request's context so a next() called there still finds it.
+    const inside = new AsyncResource('contextDb.request');
+    const emit = req.emit as Method;
+    req.emit = function (this: Request, ...args: unknown[]) {
+      return link.#optedOut ? emit.apply(this, args) : inside.runInAsyncScope(emit, this, ...args);
+    } as Request['emit'];
+    // The client went away: roll back and release now, not when the handler is done. After a
+    // normal end this is a no-op (the context is finished already).
+    res.once('close', () => rc.abort());
+  }
+
+  /** noContextDb(): finish the context now and run the rest of the request outside it. */
+  optOut(next: NextFunction): void {
+    if (this.#phase !== 'open') {
+      next(); // the response has started: too late to leave the context
+      return;
+    }
+    this.#phase = 'through';
+    this.#optedOut = true;
+    void this.#rc.end(this.#res.statusCode, this.error).then((failure) => {
+      if (failure === undefined) runOutsideCtx(next);
+      else runOutsideCtx(() => next(failure));
+    });
+  }
+
+  #hold(method: Method, args: unknown[], isWrite: boolean): boolean {
+    if (this.#phase === 'through') return method.apply(this.#res, args) !== false;
+    if (this.#phase === 'replaced' || this.#appEnded) return drop(args);
+    this.#queue.push({ method, args });
+    if (this.#phase === 'open') {
+      this.#phase = 'deciding';
+      void this.#decide();
+    }
+    // Backpressure: the writer waits for 'drain', emitted once the held writes are released.
+    if (isWrite) this.#starved = true;
+    return !isWrite;
+  }
+
+  async #decide(): Promise<void> {
+    const res = this.#res;
+    const head = { statusCode: res.statusCode, statusMessage: res.statusMessage, headers: res.getHeaders() };
+    const failure = await this.#rc.end(head.statusCode, this.error);
+    const queue = this.#queue;
+    this.#queue = [];
+    this.#phase = failure === undefined ? 'through' : 'replaced';
+    try {
+      if (failure === undefined) this.#release(queue, head);
+      else this.#replace(queue, failure);
+    } catch (err) {
+      // Node threw on one of the app's own calls (a bad argument to res.end, say). Had the
+      // response not been held, the handler would have seen it; now nobody can answer it.
+      report(this.#req, err);
+      res.destroy();
+    }
+  }
+
+  /** The outcome stands: send the response as the app made it. */
+  #release(queue: Array<{ method: Method; args: unknown[] }>, head: Head): void {
+    const res = this.#res;
+    if (res.destroyed) return;
+    // What goes out is the response as it was when the app ended it: a later header change (a
+    // second res.json(), Express's error handler after a res.json()) would not match its body.
+    if (!res.headersSent) restoreHead(res, head);
+    for (const { method, args } of queue) method.apply(res, args);
+    if (this.#starved && !res.writableEnded && !res.writableNeedDrain) res.emit('drain');
+  }
+
+  /** A wanted commit failed: a 500 instead of the app's response, whose calls are dropped. */
+  #replace(queue: Array<{ method: Method; args: unknown[] }>, failure: unknown): void {
+    const res = this.#res;
+    for (const { args } of queue) drop(args);
+    report(this.#req, failure);
+    if (res.destroyed) return;
+    if (res.headersSent) {
+      // An explicit writeHead() fixed the 2xx status line: cut the connection rather than let a
+      // success whose data is not in the database reach the client.
+      res.destroy();
+      return;
+    }
+    for (const name of res.getHeaderNames()) res.removeHeader(name);
+    const body = 'Internal Server Error';
+    res.statusCode = 500;
+    res.statusMessage = body;
+    res.setHeader('Content-Type', 'text/plain; charset=utf-8');
+    res.setHeader('Content-Length', Buffer.byteLength(body));
+    this.#end.call(res, body);
+    if (this.#starved) res.emit('drain'); // wake a waiting writer; its writes are dropped
+  }
+}
+
+interface Head {
+  readonly statusCode: number;
+  readonly statusMessage: string;
+  readonly headers: OutgoingHttpHeaders;
+}
+
+function restoreHead(res: Response, head: Head): void {
+  for (const name of res.getHeaderNames()) if (!(name in head.headers)) res.removeHeader(name);
+  for (const [name, value] of Object.entries(head.headers)) if (value !== undefined) res.setHeader(name, value);
+  res.statusCode = head.statusCode;
+  res.statusMessage = head.statusMessage;
+}
+
+// A write or end after the response was ended or replaced: like Node, tell its callback.
+function drop(args: unknown[]): boolean {
+  const callback = args.findLast((arg) => typeof arg === 'function') as ((err: Error) => void) | undefined;
+  if (callback)
+    process.nextTick(callback, new Error('context-db: the response was already ended; this call was ignored.'));
+  return true;
+}
+
+function report(req: Request, err: unknown): void {
+  // As Express's own final handler does: log to stderr unless the app runs in the test env.
+  if (req.app?.get('env') !== 'test') console.error(err instanceof Error ? (err.stack ?? err.message) : err);
+}
+
+/**
+ * Express middleware that runs each request in a context-db context: `dbSession(db)` anywhere
+ * below it finds the request's session, and `req.db` holds the helpers. When the handler ends
+ * its response (`res.json`, `res.send`, `res.end`, `res.redirect`) or writes its first chunk,
+ * the response is held back until the sessions are committed (status below 400 by default) or
+ * rolled back, so no byte reaches the client before the outcome is durable; a failed COMMIT
+ * turns the response into a 500. A client that goes away rolls back at once. Add
+ * `contextDbErrors()` after the routes so that errors roll back whatever status an error
+ * handler answers with.
+ *
+ * @example
+ * ```ts
+ * const db = new DbConnect({ connectionString: process.env.DATABASE_URL });
+ * const app = express();
+ * app.use(express.json(), contextDb({ db }));
+ * app.post('/notes', async (req, res) => {
+ *   const session = await req.db.session();
+ *   await session.query('INSERT INTO notes (text) VALUES ($1)', [req.body.text]);
+ *   res.status(201).json({ ok: true }); // sent after COMMIT
+ * });
+ * ```
+ */
+export function contextDb(options: ContextDbExpressOptions): RequestHandler {
+  validateContextDbOptions(options, 'contextDb()', ['skip']);
+  const helpers = createDbHelpers(options.db);
+  return function contextDbMiddleware(req, res, next) {
+    req.db = helpers;
+    if (links.has(req) || options.skip?.(req) === true) return next();
+    const rc = RequestCtx.open(options);
+    rc.run(() => {
+      links.set(req, new RequestLink(req, res, rc));
+      next();
+    });
+  };
+}
+
+/**
+ * Route middleware that runs the rest of the route without a context, for routes that stream
+ * for long or need no database transaction. Placed after the global `contextDb()`, it finishes
+ * the request's context (committing what earlier middleware did, by the usual rule), stops
+ * holding back the response, and calls `next()` outside any context-db context (other
+ * AsyncLocalStorage stores are kept): `dbSession()` throws there, `req.db.newSession()` works.
+ *
+ * @example
+ * ```ts
+ * app.get('/events', noContextDb(), (req, res) => {
+ *   res.writeHead(200, { 'Content-Type': 'text/event-stream' });
+ *   setInterval(() => res.write('data: tick\n\n'), 1000);
+ * });
+ * ```
+ */
+export function noContextDb(): RequestHandler {
+  return function noContextDbMiddleware(req, _res, next) {
+    const link = links.get(req);
+    if (link === undefined) return next();
+    link.optOut(next);
+  };
+}
+
+/**
+ * Error middleware that records an error passed to `next(err)` (or thrown, or an async
+ * handler's rejection in Express 5) so that the request rolls back even if an error handler
+ * answers with a status below 400. Mount it after the routes and before your error handlers;
+ * it passes the error on. Without it, errors still roll back whenever the response status is
+ * 400 or more, which Express's default error handler always sends. Express 4 does not catch
+ * async handlers' rejections: call `next(err)` there.
+ *
+ * @example
+ * ```ts
+ * app.use(contextDb({ db }));
+ * app.use('/api', routes);
+ * app.use(contextDbErrors());
+ * app.use((err, req, res, next) => res.status(200).json({ error: String(err) })); // rolled back
+ * ```
+ */
+export function contextDbErrors(): ErrorRequestHandler {
+  return function contextDbErrorCapture(err: unknown, req, _res, next) {
+    const link = links.get(req);
+    if (link !== undefined) link.error ??= err;
+    next(err);
+  };
+}

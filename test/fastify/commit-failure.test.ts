@@ -1,0 +1,96 @@
+// A COMMIT that fails must never reach the client as the handler's 2xx: the plugin decides the
+// commit in onSend, before any byte is written, and answers 500 instead.
+import { Readable } from 'node:stream';
+import { CommitFailedError, dbSession } from '@context-db/core';
+import t from 'tap';
+import { activity, admin, checkedOut, testDb, texts } from '../fixtures/db.js';
+import { deferredTable, probeApp } from '../fixtures/fastify.js';
+
+t.test('a COMMIT that fails on a deferred unique constraint answers 500 and the row is absent', async (t) => {
+  const { db, appName } = testDb(t);
+  const table = await deferredTable(t);
+  await admin.query(`INSERT INTO ${table} (text, key) VALUES ('existing', 'taken')`);
+  const app = probeApp(t, db, table);
+  const sent: number[] = [];
+  app.addHook('onSend', async (_request, reply) => {
+    sent.push(reply.statusCode);
+  });
+  const res = await app.inject({ method: 'POST', url: '/write', payload: { text: 'duplicate', key: 'taken' } });
+  t.equal(res.statusCode, 500, 'not the handler 200');
+  t.match(res.headers['content-type'], /application\/json/);
+  t.match(res.json(), {
+    statusCode: 500,
+    error: 'Internal Server Error',
+    code: 'COMMIT_FAILED',
+    message: /COMMIT failed.*key_unique/,
+  });
+  t.same(sent, [500], 'later onSend hooks saw only the 500, once: the error response did not loop');
+  t.same(await texts(table), ['existing'], 'the duplicate row is absent');
+  t.equal(checkedOut(db), 0);
+  t.equal((await activity(appName)).idleInTransaction, 0);
+
+  const ok = await app.inject({ method: 'POST', url: '/write', payload: { text: 'fresh', key: 'new' } });
+  t.equal(ok.statusCode, 200, 'a non-conflicting write still commits');
+  t.same(await texts(table), ['existing', 'fresh']);
+});
+
+t.test('a stream payload: the commit is decided before its first byte', async (t) => {
+  const { db } = testDb(t);
+  const table = await deferredTable(t);
+  await admin.query(`INSERT INTO ${table} (text, key) VALUES ('existing', 'taken')`);
+  const app = probeApp(t, db, table);
+  let streamRead = false;
+  app.post<{ Body: { key: string } }>('/stream', async (request, reply) => {
+    await (await dbSession(db)).query(`INSERT INTO ${table} (text, key) VALUES ('streamed', $1)`, [request.body.key]);
+    const body = Readable.from(
+      (async function* () {
+        streamRead = true;
+        yield 'chunk-1,';
+        yield 'chunk-2';
+      })(),
+    );
+    return reply.type('text/plain').send(body);
+  });
+  const failed = await app.inject({ method: 'POST', url: '/stream', payload: { key: 'taken' } });
+  t.equal(failed.statusCode, 500);
+  t.equal(failed.json().code, 'COMMIT_FAILED');
+  t.notOk(streamRead, 'not a byte of the stream was read');
+  const ok = await app.inject({ method: 'POST', url: '/stream', payload: { key: 'other' } });
+  t.equal(ok.statusCode, 200);
+  t.equal(ok.body, 'chunk-1,chunk-2');
+  t.same(await texts(table), ['existing', 'streamed']);
+  t.equal(checkedOut(db), 0);
+});
+
+t.test('a throwing beforeCommit answers 500 and rolls back', async (t) => {
+  const { db } = testDb(t);
+  const table = await deferredTable(t);
+  const app = probeApp(t, db, table, {
+    beforeCommit: () => {
+      throw new Error('audit store unavailable');
+    },
+  });
+  const res = await app.inject({ method: 'POST', url: '/write', payload: { text: 'vetoed' } });
+  t.equal(res.statusCode, 500);
+  t.equal(res.json().message, 'audit store unavailable');
+  t.same(await texts(table), []);
+  t.equal(checkedOut(db), 0);
+});
+
+t.test("the app's error handler sees the CommitFailedError", async (t) => {
+  const { db } = testDb(t);
+  const table = await deferredTable(t);
+  await admin.query(`INSERT INTO ${table} (text, key) VALUES ('existing', 'taken')`);
+  const app = probeApp(t, db, table);
+  const handled: unknown[] = [];
+  app.setErrorHandler(async (error, _request, reply) => {
+    handled.push(error);
+    return reply.code(503).send({ retry: true });
+  });
+  const res = await app.inject({ method: 'POST', url: '/write', payload: { text: 'duplicate', key: 'taken' } });
+  t.equal(res.statusCode, 503);
+  t.same(res.json(), { retry: true });
+  t.equal(handled.length, 1);
+  t.type(handled[0], CommitFailedError);
+  t.same(await texts(table), ['existing']);
+});

@@ -48,6 +48,8 @@ export class DbSessionCtx {
   // Only public members are used across the module boundary: a context made by another copy of
   // core may be the one in the store, and #private fields do not work across copies.
   readonly #sessions = new Map<DbConnect, Promise<DbSession>>();
+  // The sessions made so far, for the synchronous close when a context is rolled back.
+  readonly #resolved = new Set<DbSession>();
   #state: State = 'open';
   #finishing: Promise<void> | undefined;
 
@@ -90,9 +92,12 @@ export class DbSessionCtx {
     }
     const created = db.createSession();
     this.#sessions.set(db, created);
-    created.catch(() => {
-      if (this.#sessions.get(db) === created) this.#sessions.delete(db);
-    });
+    created.then(
+      (session) => this.#resolved.add(session),
+      () => {
+        if (this.#sessions.get(db) === created) this.#sessions.delete(db);
+      },
+    );
     return created;
   }
 
@@ -122,7 +127,9 @@ export class DbSessionCtx {
     const previous = this.#sessions.get(db);
     const entry = Promise.resolve(session);
     this.#sessions.set(db, entry);
+    this.#resolved.add(session);
     return () => {
+      this.#resolved.delete(session);
       if (this.#sessions.get(db) !== entry) return;
       if (previous === undefined) this.#sessions.delete(db);
       else this.#sessions.set(db, previous);
@@ -142,7 +149,10 @@ export class DbSessionCtx {
     const entry = this.#sessions.get(db);
     if (entry === undefined) return;
     this.#sessions.delete(db);
-    await (await settled(entry))?.close();
+    const session = await settled(entry);
+    if (session === undefined) return;
+    this.#resolved.delete(session);
+    await session.close();
   }
 
   /**
@@ -187,6 +197,7 @@ export class DbSessionCtx {
   async closeAll(): Promise<void> {
     const sessions = await this.#settledSessions();
     this.#sessions.clear();
+    this.#resolved.clear();
     await Promise.all(sessions.map((session) => session.close()));
   }
 
@@ -218,14 +229,13 @@ export class DbSessionCtx {
    * await ctx.settle({ statusCode: 422 }); // rolled back; the sessions stay for the next request
    * ```
    */
-  async settle({
-    statusCode = 200,
-    error,
-    beforeCommit,
-    commitOn = defaultCommitOn,
-  }: FinishOptions = {}): Promise<void> {
+  async settle(options: FinishOptions = {}): Promise<void> {
+    await this.#settle(commits(options), options.beforeCommit);
+  }
+
+  async #settle(commit: boolean, beforeCommit: BeforeCommitCallback | undefined): Promise<void> {
     try {
-      if (error === undefined && commitOn(statusCode)) await this.commitAll(beforeCommit);
+      if (commit) await this.commitAll(beforeCommit);
       else await this.rollbackAll();
     } catch (err) {
       await this.rollbackAll();
@@ -235,8 +245,12 @@ export class DbSessionCtx {
 
   async #finish(options: FinishOptions): Promise<void> {
     this.#state = 'finishing';
+    const commit = commits(options);
+    // Rolling back (an error, a client gone): close now, before any await, so that work the
+    // handler is still sending fails at once instead of opening a transaction to be undone.
+    if (!commit) for (const session of this.#resolved) void session.close();
     try {
-      await this.settle(options);
+      await this.#settle(commit, options.beforeCommit);
     } finally {
       this.#state = 'finished';
       await this.closeAll();
@@ -247,6 +261,10 @@ export class DbSessionCtx {
     const sessions = await Promise.all([...this.#sessions.values()].map(settled));
     return sessions.filter((session): session is DbSession => session !== undefined);
   }
+}
+
+function commits({ statusCode = 200, error, commitOn = defaultCommitOn }: FinishOptions): boolean {
+  return error === undefined && commitOn(statusCode);
 }
 
 /** A session promise's value, or undefined when creating it failed (its caller saw that error). */

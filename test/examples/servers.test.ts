@@ -1,22 +1,9 @@
 // The example apps as a user runs them: a real process started the way `pnpm example` starts it,
 // answering over loopback, writing to the database.
 import { spawn } from 'node:child_process';
-import { createServer } from 'node:net';
 import t from 'tap';
+import { freePort } from '../../scripts/database.js';
 import { admin, eventually, uniqueName } from '../fixtures/db.js';
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.on('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      server.close(() =>
-        typeof address === 'object' && address ? resolve(address.port) : reject(new Error('no port')),
-      );
-    });
-  });
-}
 
 for (const framework of ['fastify', 'express', 'koa']) {
   t.test(`the ${framework} example answers and writes to the database`, async (t) => {

@@ -4,34 +4,8 @@ import { putSavepointSessionInCtx, rollbackSession, setTestContext } from '@cont
 import t from 'tap';
 import { buildApp } from '../../examples/express/src/app.js';
 import { activity, checkedOut, createTable, eventually, testDb, texts } from '../fixtures/db.js';
+import { exampleRouteCases } from '../fixtures/example-routes.js';
 import { listen, request } from '../fixtures/express.js';
-
-const routes: ReadonlyArray<readonly [string, number, readonly string[]]> = [
-  ['/simple', 200, ['simple']],
-  ['/atomic', 200, ['atomic']],
-  [
-    '/atomic-prev-transaction',
-    200,
-    ['prev-committed', 'atomic-after-commit', 'atomic-after-rollback', 'prev-appended', 'atomic-appended'],
-  ],
-  ['/rollback-by-exception', 500, []],
-  ['/rollback-by-status', 422, []],
-  [
-    '/concurrent',
-    200,
-    [
-      'concurrent-context',
-      'concurrent-new-ctx',
-      'concurrent-new-ctx-manual',
-      'concurrent-non-ctx',
-      'concurrent-non-ctx-atomic',
-    ],
-  ],
-  ['/early-commit', 200, ['early-commit-1', 'early-commit-2']],
-  ['/early-close', 200, ['early-close-1', 'early-close-2']],
-  ['/early-rollback', 200, ['early-rollback-kept']],
-  ['/opted-out', 200, ['opted-out']],
-];
 
 t.test('every example route does what it says, on the table', async (t) => {
   const { db, appName } = testDb(t);
@@ -44,10 +18,10 @@ t.test('every example route does what it says, on the table', async (t) => {
   t.equal(health.status, 200, 'GET /health');
   t.equal((await activity(appName)).total, 0, 'GET /health took no connection');
 
-  for (const [path, status, rows] of routes) {
+  for (const { url: path, status, texts: rows } of exampleRouteCases) {
     const before = (await texts(table)).length;
     t.equal((await request(`${url}${path}`)).status, status, `POST ${path}: ${status}`);
-    t.same((await texts(table)).slice(before).sort(), [...rows].sort(), `POST ${path}: ${rows.join(', ') || 'no row'}`);
+    t.same((await texts(table)).slice(before).sort(), rows, `POST ${path}: ${rows.join(', ') || 'no row'}`);
   }
   const list = await request(`${url}/rows`, { method: 'GET' });
   t.equal(list.status, 200);

@@ -3,6 +3,7 @@
 import t from 'tap';
 import { buildApp } from '../../examples/koa/src/app.js';
 import { activity, admin, checkedOut, createTable, testDb, texts } from '../fixtures/db.js';
+import { exampleRouteCases } from '../fixtures/example-routes.js';
 import { collectErrors, request, serve } from '../fixtures/koa.js';
 
 t.test('every example route does what it says, on the table', async (t) => {
@@ -12,39 +13,10 @@ t.test('every example route does what it says, on the table', async (t) => {
   const errors = collectErrors(app);
   const url = await serve(t, app);
 
-  // Each case starts from an empty table and lists the rows the route leaves behind.
-  const cases: [route: string, status: number, rows: string[]][] = [
-    ['/simple', 200, ['simple']],
-    ['/atomic', 200, ['atomic']],
-    [
-      '/atomic-prev-transaction',
-      200,
-      ['prev-committed', 'atomic-after-commit', 'atomic-after-rollback', 'prev-appended', 'atomic-appended'],
-    ],
-    ['/rollback-by-exception', 500, []],
-    ['/rollback-by-status', 422, []],
-    [
-      '/concurrent',
-      200,
-      [
-        'concurrent-context',
-        'concurrent-new-ctx',
-        'concurrent-new-ctx-manual',
-        'concurrent-non-ctx',
-        'concurrent-non-ctx-atomic',
-      ],
-    ],
-    ['/early-commit', 200, ['early-commit-1', 'early-commit-2']],
-    ['/early-close', 200, ['early-close-1', 'early-close-2']],
-    ['/early-rollback', 200, ['early-rollback-kept']],
-    ['/opted-out', 200, ['opted-out']],
-  ];
-  for (const [route, status, rows] of cases) {
+  for (const { url: route, status, texts: rows } of exampleRouteCases) {
     await admin.query(`DELETE FROM ${table}`);
     t.equal((await request(`${url}${route}`)).status, status, `POST ${route} answers ${status}`);
-    // The concurrent route's rows arrive in any order.
-    const stored = await texts(table);
-    t.same(route === '/concurrent' ? stored.sort() : stored, rows, `POST ${route} leaves ${rows.length} rows`);
+    t.same((await texts(table)).sort(), rows, `POST ${route} leaves ${rows.length} rows`);
     t.equal(checkedOut(db), 0, `POST ${route} gave its connections back`);
   }
   t.same(

@@ -1,0 +1,15 @@
+import type { Options } from 'tsup';
+
+/** The build every package shares: ESM and CommonJS for Node 20, with declarations and maps. */
+export function packageBuild(entry: string[]): Options {
+  return {
+    entry,
+    format: ['esm', 'cjs'],
+    dts: true,
+    clean: true,
+    target: 'node20',
+    sourcemap: true,
+    // Entry points share chunks (core's index and testing) in both formats, so classes exist once.
+    splitting: true,
+  };
+}

@@ -53,6 +53,11 @@ export class DbSessionCtx {
   #state: State = 'open';
   #finishing: Promise<void> | undefined;
 
+  /** True while no session has been asked for (or all were closed): finishing costs nothing. */
+  get empty(): boolean {
+    return this.#sessions.size === 0;
+  }
+
   /** True once `finish()` has started; no new sessions can be made then. */
   get finished(): boolean {
     return this.#state !== 'open';
@@ -215,7 +220,15 @@ export class DbSessionCtx {
    * ```
    */
   finish(options: FinishOptions = {}): Promise<void> {
-    this.#finishing ??= this.#finish(options);
+    if (this.#finishing === undefined) {
+      // Most requests that never asked for a session end here, without a chain of awaits.
+      if (this.#sessions.size === 0) {
+        this.#state = 'finished';
+        this.#finishing = Promise.resolve();
+      } else {
+        this.#finishing = this.#finish(options);
+      }
+    }
     return this.#finishing;
   }
 

@@ -271,6 +271,8 @@ export class DbSessionCtx {
   }
 
   async #settledSessions(): Promise<DbSession[]> {
+    // Usually every session is made by now: nothing to wait for, no promise per session.
+    if (this.#resolved.size === this.#sessions.size) return [...this.#resolved];
     const sessions = await Promise.all([...this.#sessions.values()].map(settled));
     return sessions.filter((session): session is DbSession => session !== undefined);
   }

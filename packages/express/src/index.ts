@@ -97,6 +97,12 @@ class RequestLink {
   #hold(method: Method, args: unknown[], isWrite: boolean): boolean {
     if (this.#phase === 'through') return method.apply(this.#res, args) !== false;
     if (this.#phase === 'replaced' || this.#appEnded) return drop(args);
+    if (this.#phase === 'open' && this.#rc.idle) {
+      // No session was made: nothing to commit, so nothing to hold back.
+      this.#phase = 'through';
+      void this.#rc.end(this.#res.statusCode, this.error);
+      return method.apply(this.#res, args) !== false;
+    }
     this.#queue.push({ method, args });
     if (this.#phase === 'open') {
       this.#phase = 'deciding';
@@ -131,7 +137,7 @@ class RequestLink {
     if (res.destroyed) return;
     // What goes out is the response as it was when the app ended it: a later header change (a
     // second res.json(), Express's error handler after a res.json()) would not match its body.
-    if (!res.headersSent) restoreHead(res, head);
+    if (!res.headersSent && headChanged(res, head)) restoreHead(res, head);
     for (const { method, args } of queue) method.apply(res, args);
     if (this.#starved && !res.writableEnded && !res.writableNeedDrain) res.emit('drain');
   }
@@ -163,6 +169,13 @@ interface Head {
   readonly statusCode: number;
   readonly statusMessage: string;
   readonly headers: OutgoingHttpHeaders;
+}
+
+function headChanged(res: Response, head: Head): boolean {
+  if (res.statusCode !== head.statusCode || res.statusMessage !== head.statusMessage) return true;
+  const names = res.getHeaderNames();
+  if (names.length !== Object.keys(head.headers).length) return true;
+  return names.some((name) => res.getHeader(name) !== head.headers[name]);
 }
 
 function restoreHead(res: Response, head: Head): void {

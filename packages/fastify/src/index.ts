@@ -62,12 +62,13 @@ const plugin: FastifyPluginAsync<ContextDbPluginOptions> = async (fastify, optio
 
   // Fastify carries the async context through body parsing itself, but a callback-style hook
   // (a throttle, a queue) may resume the request on someone else's stack, in another request's
-  // context. Re-enter this request's own context before validation and the handler. Not
-  // rc.run(): it refuses to run while another context is current, which is the case to fix.
+  // context. Re-enter this request's own async context before validation and the handler: the
+  // whole of it, so the app's other AsyncLocalStorage stores (a logger's, a tracer's) come back too.
   fastify.addHook('preValidation', (request, _reply, next) => {
-    const scope = states.get(request)?.scope;
-    if (scope === undefined) return next();
-    scope.runInAsyncScope(next);
+    const state = states.get(request);
+    // Usually Fastify has kept the context through body parsing: nothing to re-enter.
+    if (state?.scope === undefined || state.rc.current) return next();
+    state.scope.runInAsyncScope(next);
   });
 
   fastify.addHook('onError', (request, _reply, error, next) => {
@@ -78,15 +79,21 @@ const plugin: FastifyPluginAsync<ContextDbPluginOptions> = async (fastify, optio
 
   // onSend runs before any byte of the response is written: the last moment a failed commit can
   // still turn the response into an error.
-  fastify.addHook('onSend', async (request, reply, payload) => {
+  // A callback hook, not an async one: a request that made no session passes without a promise.
+  fastify.addHook('onSend', (request, reply, payload, done) => {
     const state = states.get(request);
-    if (state === undefined || state.ended) return payload;
+    if (state === undefined || state.ended) return done(null, payload);
     state.ended = true;
-    const failure = await state.rc.end(reply.statusCode, state.error);
-    // Thrown here, Fastify's error handler answers 500 and sends that through onSend again,
-    // where `ended` lets it pass.
-    if (failure !== undefined) throw failure;
-    return payload;
+    if (state.rc.idle) {
+      void state.rc.end(reply.statusCode, state.error);
+      return done(null, payload);
+    }
+    // Passed as an error, Fastify's error handler answers 500 and sends that through onSend
+    // again, where `ended` lets it pass.
+    void state.rc.end(reply.statusCode, state.error).then((failure) => {
+      if (failure === undefined) done(null, payload);
+      else done(failure instanceof Error ? failure : new Error(String(failure)));
+    });
   });
 };
 

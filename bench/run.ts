@@ -1,0 +1,461 @@
+// The benchmark: starts each variant app in a child process (bench/server.ts), drives it with
+// autocannon over loopback, alternating the variants of one framework round by round, and prints
+// requests/s, p50/p99 latency and the ratios to the baselines (medians over rounds). Writes the
+// same to bench/results/latest.json. Run it with `pnpm bench` (which builds the packages and
+// finds or starts a PostgreSQL, as the tests do); see bench/README.md.
+import { type ChildProcess, fork } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { once } from 'node:events';
+import { mkdir, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import { dirname, join, relative } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import autocannon from 'autocannon';
+import pg from 'pg';
+import type { ToChild, ToParent } from './server.js';
+import {
+  type Comparison,
+  comparisonsFor,
+  FRAMEWORKS,
+  type Framework,
+  type Measured,
+  measurementsFor,
+  REQUESTS,
+  ROUTES,
+  type Route,
+  type ServerName,
+  serversFor,
+  variantLabel,
+} from './variants.js';
+
+const BENCH_DIR = dirname(fileURLToPath(import.meta.url));
+const ROOT = dirname(BENCH_DIR);
+const RESULTS_DIR = join(BENCH_DIR, 'results');
+const PROFILE_DIR = join(RESULTS_DIR, 'profiles');
+
+const USAGE = `usage: pnpm bench [options]
+  --rounds N        rounds per framework; each round measures every variant once (default 5)
+  --duration S      seconds of load per measurement (default 5)
+  --warmup S        seconds of load per route and server before the first round (default 1)
+  --connections N   concurrent HTTP connections of the load generator (default 16)
+  --pool N          pool size of every variant (default 10)
+  --only NAME       fastify, express or koa; repeatable (default: all three)
+  --route NAME      insert or no-query; repeatable (default: both)
+  --profile         run the servers under node --cpu-prof, into bench/results/profiles/<server>/
+                    (summarise with: npx tsx bench/profile.ts bench/results/profiles/<server>)`;
+
+interface Options {
+  readonly rounds: number;
+  readonly duration: number;
+  readonly warmup: number;
+  readonly connections: number;
+  readonly pool: number;
+  readonly frameworks: readonly Framework[];
+  readonly routes: readonly Route[];
+  readonly profile: boolean;
+}
+
+function positive(name: string, value: string | undefined, fallback: number, integer = true): number {
+  if (value === undefined) return fallback;
+  const number = Number(value);
+  if (
+    !Number.isFinite(number) ||
+    number < 0 ||
+    (integer && !Number.isInteger(number)) ||
+    (name !== 'warmup' && number === 0)
+  ) {
+    throw new Error(`--${name} must be a positive ${integer ? 'integer' : 'number'}, got ${value}\n${USAGE}`);
+  }
+  return number;
+}
+
+function parseOptions(argv: string[]): Options {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      rounds: { type: 'string' },
+      duration: { type: 'string' },
+      warmup: { type: 'string' },
+      connections: { type: 'string' },
+      pool: { type: 'string' },
+      only: { type: 'string', multiple: true },
+      route: { type: 'string', multiple: true },
+      profile: { type: 'boolean', default: false },
+      help: { type: 'boolean', short: 'h', default: false },
+    },
+  });
+  if (values.help) {
+    console.log(USAGE);
+    process.exit(0);
+  }
+  const only = values.only ?? [...FRAMEWORKS];
+  for (const name of only) {
+    if (!(FRAMEWORKS as readonly string[]).includes(name))
+      throw new Error(`--only ${name}: not one of ${FRAMEWORKS.join(', ')}`);
+  }
+  const routes = values.route ?? [...ROUTES];
+  for (const name of routes) {
+    if (!(ROUTES as readonly string[]).includes(name))
+      throw new Error(`--route ${name}: not one of ${ROUTES.join(', ')}`);
+  }
+  return {
+    rounds: positive('rounds', values.rounds, 5),
+    duration: positive('duration', values.duration, 5, false),
+    warmup: positive('warmup', values.warmup, 1, false),
+    connections: positive('connections', values.connections, 16),
+    pool: positive('pool', values.pool, 10),
+    frameworks: FRAMEWORKS.filter((framework) => only.includes(framework)),
+    routes: ROUTES.filter((route) => routes.includes(route)),
+    profile: values.profile,
+  };
+}
+
+// --- server children ---------------------------------------------------------------------------
+
+interface Child {
+  readonly name: ServerName;
+  readonly port: number;
+  readonly process: ChildProcess;
+}
+
+const children = new Set<ChildProcess>();
+process.on('exit', () => {
+  for (const child of children) child.kill('SIGKILL');
+});
+
+async function startServer(name: ServerName, env: NodeJS.ProcessEnv, options: Options): Promise<Child> {
+  // One directory per server: tsx's loader thread writes a profile of its own next to the main
+  // thread's (the larger file).
+  const profileDir = join(PROFILE_DIR, name);
+  if (options.profile) await rm(profileDir, { recursive: true, force: true });
+  const profileArgs = options.profile ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : [];
+  const child = fork(join(BENCH_DIR, 'server.ts'), [name], {
+    execArgv: ['--import', 'tsx', ...profileArgs],
+    env,
+    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+  });
+  children.add(child);
+  child.once('exit', () => children.delete(child));
+  const port = await new Promise<number>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`${name} did not start within 30 s`)), 30_000);
+    child.once('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`${name} exited with code ${code} before listening`));
+    });
+    child.once('message', (message: ToParent) => {
+      if (message.type !== 'listening') return;
+      clearTimeout(timer);
+      resolve(message.port);
+    });
+  });
+  return { name, port, process: child };
+}
+
+/** The CPU time (user + system, µs) the server process has used so far. */
+async function cpuMicros(child: Child): Promise<number> {
+  const reply = new Promise<number>((resolve, reject) => {
+    const onExit = (): void => reject(new Error(`${child.name} exited`));
+    const onMessage = (message: ToParent): void => {
+      if (message.type !== 'cpu') return;
+      child.process.off('message', onMessage).off('exit', onExit);
+      resolve(message.micros);
+    };
+    child.process.on('message', onMessage).once('exit', onExit);
+  });
+  child.process.send({ type: 'cpu' } satisfies ToChild);
+  return reply;
+}
+
+async function stopServer(child: Child): Promise<void> {
+  if (child.process.exitCode !== null) return;
+  const exited = once(child.process, 'exit');
+  child.process.send({ type: 'stop' } satisfies ToChild);
+  const timer = setTimeout(() => child.process.kill('SIGKILL'), 10_000);
+  await exited;
+  clearTimeout(timer);
+}
+
+// --- measurements ------------------------------------------------------------------------------
+
+interface Sample {
+  readonly reqPerSec: number;
+  /** The server's CPU time (user + system) per completed request: steadier than req/s on a busy machine. */
+  readonly cpuMicrosPerRequest: number;
+  readonly p50: number;
+  readonly p99: number;
+  readonly completed: number;
+  readonly errors: number;
+  readonly non2xx: number;
+}
+
+async function load(child: Child, route: Route, duration: number, connections: number): Promise<Sample> {
+  const { method, path, body } = REQUESTS[route];
+  const cpuBefore = await cpuMicros(child);
+  const result = await autocannon({
+    url: `http://127.0.0.1:${child.port}${path}`,
+    method,
+    ...(body !== undefined && { body, headers: { 'content-type': 'application/json' } }),
+    connections,
+    duration,
+  });
+  const cpu = (await cpuMicros(child)) - cpuBefore;
+  return {
+    reqPerSec: result.requests.total / result.duration,
+    cpuMicrosPerRequest: cpu / Math.max(result.requests.total, 1),
+    p50: result.latency.p50,
+    p99: result.latency.p99,
+    completed: result.requests.total,
+    errors: result.errors,
+    non2xx: result.non2xx,
+  };
+}
+
+function median(values: readonly number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const middle = Math.floor(sorted.length / 2);
+  const upper = sorted[middle] ?? Number.NaN;
+  return sorted.length % 2 === 1 ? upper : ((sorted[middle - 1] ?? Number.NaN) + upper) / 2;
+}
+
+const key = ({ server, route }: Measured): string => `${server} ${route}`;
+
+interface MeasuredResult {
+  readonly framework: Framework;
+  readonly route: Route;
+  readonly variant: string;
+  readonly server: ServerName;
+  readonly reqPerSec: number;
+  readonly p50Ms: number;
+  readonly p99Ms: number;
+  readonly cpuMicrosPerRequest: number;
+  readonly errors: number;
+  readonly non2xx: number;
+  readonly rounds: readonly Sample[];
+}
+
+interface ComparisonResult {
+  readonly framework: Framework;
+  readonly route: Route;
+  readonly subject: string;
+  readonly baseline: string;
+  /** Median over rounds of subject req/s ÷ baseline req/s measured in the same round. */
+  readonly ratio: number;
+  readonly target: number;
+  readonly met: boolean;
+  readonly perRound: readonly number[];
+  /** Median over rounds of the baseline's server CPU per request ÷ the subject's (1 = as cheap). */
+  readonly cpuRatio: number;
+}
+
+async function benchFramework(
+  framework: Framework,
+  env: NodeJS.ProcessEnv,
+  options: Options,
+  samples: Map<string, Sample[]>,
+  served: Map<ServerName, number>,
+): Promise<void> {
+  const servers = new Map<ServerName, Child>();
+  try {
+    for (const name of serversFor(framework)) servers.set(name, await startServer(name, env, options));
+    const measurements = measurementsFor(framework).filter((m) => options.routes.includes(m.route));
+    const serverOf = (name: ServerName): Child => {
+      const child = servers.get(name);
+      if (child === undefined) throw new Error(`${name} is not running`);
+      return child;
+    };
+    if (options.warmup > 0) {
+      log(`${framework}: warming up ${measurements.length} × ${options.warmup} s`);
+      for (const m of measurements) {
+        const sample = await load(serverOf(m.server), m.route, options.warmup, options.connections);
+        served.set(m.server, (served.get(m.server) ?? 0) + sample.completed);
+      }
+    }
+    for (let round = 0; round < options.rounds; round++) {
+      // Reversed every other round, so that no variant always runs first (A B, B A, …).
+      const order = round % 2 === 0 ? measurements : [...measurements].reverse();
+      for (const m of order) {
+        await sleep(200);
+        const sample = await load(serverOf(m.server), m.route, options.duration, options.connections);
+        served.set(m.server, (served.get(m.server) ?? 0) + sample.completed);
+        const list = samples.get(key(m)) ?? [];
+        list.push(sample);
+        samples.set(key(m), list);
+        const faults = sample.errors + sample.non2xx > 0 ? `  (${sample.errors} errors, ${sample.non2xx} non-2xx)` : '';
+        log(
+          `[${framework} round ${round + 1}/${options.rounds}] ${m.route.padEnd(8)} ${variantLabel(m.server, m.route).padEnd(17)} ` +
+            `${Math.round(sample.reqPerSec).toString().padStart(6)} req/s  p50 ${sample.p50} ms  p99 ${sample.p99} ms  ` +
+            `${sample.cpuMicrosPerRequest.toFixed(1)} µs CPU/req${faults}`,
+        );
+      }
+    }
+  } finally {
+    await Promise.all([...servers.values()].map(stopServer));
+  }
+}
+
+function summarise(options: Options, samples: Map<string, Sample[]>) {
+  const measured: MeasuredResult[] = [];
+  const comparisons: ComparisonResult[] = [];
+  for (const framework of options.frameworks) {
+    for (const m of measurementsFor(framework).filter((m) => options.routes.includes(m.route))) {
+      const rounds = samples.get(key(m)) ?? [];
+      measured.push({
+        framework,
+        route: m.route,
+        variant: variantLabel(m.server, m.route),
+        server: m.server,
+        reqPerSec: median(rounds.map((s) => s.reqPerSec)),
+        p50Ms: median(rounds.map((s) => s.p50)),
+        p99Ms: median(rounds.map((s) => s.p99)),
+        cpuMicrosPerRequest: median(rounds.map((s) => s.cpuMicrosPerRequest)),
+        errors: rounds.reduce((sum, s) => sum + s.errors, 0),
+        non2xx: rounds.reduce((sum, s) => sum + s.non2xx, 0),
+        rounds,
+      });
+    }
+    for (const c of comparisonsFor(framework)) {
+      if (options.routes.includes(c.subject.route)) comparisons.push(compare(framework, c, samples));
+    }
+  }
+  return { measured, comparisons };
+}
+
+function compare(framework: Framework, c: Comparison, samples: Map<string, Sample[]>): ComparisonResult {
+  const subject = samples.get(key(c.subject)) ?? [];
+  const baseline = samples.get(key(c.baseline)) ?? [];
+  const perRound = subject.map((s, i) => s.reqPerSec / (baseline[i]?.reqPerSec ?? Number.NaN));
+  const ratio = median(perRound);
+  const cpuRatio = median(
+    subject.map((s, i) => (baseline[i]?.cpuMicrosPerRequest ?? Number.NaN) / s.cpuMicrosPerRequest),
+  );
+  return {
+    framework,
+    route: c.subject.route,
+    subject: variantLabel(c.subject.server, c.subject.route),
+    baseline: variantLabel(c.baseline.server, c.baseline.route),
+    ratio,
+    target: c.target,
+    met: ratio >= c.target,
+    perRound,
+    cpuRatio,
+  };
+}
+
+// --- output ------------------------------------------------------------------------------------
+
+function log(line: string): void {
+  console.error(line);
+}
+
+function table(
+  header: readonly string[],
+  rows: readonly (readonly string[])[],
+  rightAligned: readonly number[],
+): string {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((row) => (row[i] ?? '').length)));
+  const cell = (text: string, i: number): string =>
+    rightAligned.includes(i) ? text.padStart(widths[i] ?? 0) : text.padEnd(widths[i] ?? 0);
+  const line = (cells: readonly string[]): string => `| ${cells.map(cell).join(' | ')} |`;
+  const rule = `|${widths.map((w, i) => (rightAligned.includes(i) ? `${'-'.repeat(w + 1)}:` : '-'.repeat(w + 2))).join('|')}|`;
+  return [line(header), rule, ...rows.map(line)].join('\n');
+}
+
+const ms = (value: number): string => (Number.isInteger(value) ? String(value) : value.toFixed(2));
+
+function render(summary: ReturnType<typeof summarise>): string {
+  const measuredTable = table(
+    ['framework', 'route', 'variant', 'req/s', 'p50 ms', 'p99 ms', 'server CPU µs/req', 'errors'],
+    summary.measured.map((m) => [
+      m.framework,
+      m.route,
+      m.variant,
+      Math.round(m.reqPerSec).toLocaleString('en-US'),
+      ms(m.p50Ms),
+      ms(m.p99Ms),
+      m.cpuMicrosPerRequest.toFixed(1),
+      String(m.errors + m.non2xx),
+    ]),
+    [3, 4, 5, 6, 7],
+  );
+  const ratioTable = table(
+    ['framework', 'route', 'ratio (req/s)', 'median', 'rounds', 'target', '', 'CPU/req ratio'],
+    summary.comparisons.map((c) => [
+      c.framework,
+      c.route,
+      `${c.subject} / ${c.baseline}`,
+      c.ratio.toFixed(3),
+      c.perRound.map((r) => r.toFixed(2)).join(' '),
+      `>= ${c.target.toFixed(2)}`,
+      c.met ? 'met' : 'MISSED',
+      c.cpuRatio.toFixed(3),
+    ]),
+    [3, 7],
+  );
+  return `${measuredTable}\n\n${ratioTable}`;
+}
+
+// --- main --------------------------------------------------------------------------------------
+
+async function main(): Promise<number> {
+  const options = parseOptions(process.argv.slice(2));
+  const databaseUrl = process.env.DATABASE_URL;
+  if (!databaseUrl) throw new Error('DATABASE_URL is not set: run `pnpm bench`, which finds or starts a PostgreSQL.');
+  const started = Date.now();
+  const table = `bench_${process.pid}_${randomBytes(4).toString('hex')}`;
+  const admin = new pg.Client({ connectionString: databaseUrl, application_name: 'context_db_bench_admin' });
+  await admin.connect();
+  const { rows } = await admin.query<{ server_version: string }>('SHOW server_version');
+  await admin.query(`CREATE TABLE ${table} (id serial PRIMARY KEY, text text NOT NULL)`);
+  const env: NodeJS.ProcessEnv = {
+    ...process.env,
+    NODE_ENV: 'production',
+    BENCH_TABLE: table,
+    BENCH_POOL_MAX: String(options.pool),
+    // The servers load @context-db/* from the packages' built dist/, as users do: the root
+    // tsconfig maps them to their sources (for type-checking), and tsx would follow that.
+    TSX_TSCONFIG_PATH: join(ROOT, 'tsconfig.base.json'),
+  };
+  const loadBefore = os.loadavg();
+  const samples = new Map<string, Sample[]>();
+  // Requests each server answered, warm-up included: divides a CPU profile's busy time.
+  const served = new Map<ServerName, number>();
+  try {
+    for (const framework of options.frameworks) await benchFramework(framework, env, options, samples, served);
+  } finally {
+    await admin.query(`DROP TABLE IF EXISTS ${table}`).catch(() => {});
+    await admin.end();
+  }
+  const summary = summarise(options, samples);
+  const elapsedSeconds = Math.round((Date.now() - started) / 1000);
+  const cpus = os.cpus();
+  const machine = {
+    cpus: cpus.length,
+    cpuModel: cpus[0]?.model ?? 'unknown',
+    node: process.version,
+    postgres: rows[0]?.server_version ?? 'unknown',
+    loadAverageBefore: loadBefore.map((l) => Number(l.toFixed(2))),
+    loadAverageAfter: os.loadavg().map((l) => Number(l.toFixed(2))),
+  };
+  const rendered = render(summary);
+  console.log(rendered);
+  console.log(
+    `\n${options.rounds} rounds × ${options.duration} s, ${options.connections} connections, pool ${options.pool}; ` +
+      `${machine.cpus} × ${machine.cpuModel}, Node ${machine.node}, PostgreSQL ${machine.postgres}; ` +
+      `load average ${machine.loadAverageBefore[0]} → ${machine.loadAverageAfter[0]}; ${elapsedSeconds} s`,
+  );
+  await mkdir(RESULTS_DIR, { recursive: true });
+  const file = join(RESULTS_DIR, 'latest.json');
+  await writeFile(
+    file,
+    `${JSON.stringify({ date: new Date().toISOString(), options, machine, elapsedSeconds, ...summary, requestsServed: Object.fromEntries(served), table: rendered }, null, 2)}\n`,
+  );
+  log(`wrote ${relative(ROOT, file)}${options.profile ? ` and profiles in ${relative(ROOT, PROFILE_DIR)}` : ''}`);
+  const faults = summary.measured.filter((m) => m.errors + m.non2xx > 0);
+  for (const m of faults)
+    log(`invalid: ${m.framework} ${m.route} ${m.variant} had ${m.errors} errors and ${m.non2xx} non-2xx responses`);
+  return faults.length > 0 ? 1 : 0;
+}
+
+process.exitCode = await main();

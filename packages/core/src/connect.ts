@@ -1,7 +1,7 @@
 import type { Pool, PoolConfig } from 'pg';
 import pg from 'pg';
 import { DatabaseUnavailableError, DbConnectClosedError, InvalidOptionsError } from './errors.js';
-import { DbSession } from './session.js';
+import { DbSession, type SessionDriver } from './session.js';
 
 /** Builds the pool for a host; called lazily on first use and again after `changeHost()`. */
 export type CreatePool = (host: string | undefined) => Pool;
@@ -142,6 +142,20 @@ export class DbConnect {
   #host: string | undefined;
   #pool: Pool | undefined;
   #closed = false;
+  // Sessions take connections from whatever the pool is when they first query (after a
+  // changeHost, the new one), so one driver serves them all.
+  readonly #driver: SessionDriver = {
+    acquire: () => {
+      const pool = this.pool();
+      return pool.connect().catch((err: unknown) => {
+        throw unavailable(err, pool);
+      });
+    },
+    release: (client, destroy) => client.release(destroy),
+    beginSql: 'BEGIN',
+    commitSql: 'COMMIT',
+    rollbackSql: 'ROLLBACK',
+  };
 
   constructor(options: DbConnectOptions) {
     validate(options);
@@ -193,21 +207,12 @@ export class DbConnect {
    * await session.query('SELECT 1');
    * ```
    */
-  async createSession(): Promise<DbSession> {
-    if (this.#closed) throw new DbConnectClosedError();
-    await this.#beforeCreateSession?.(this);
-    return new DbSession({
-      acquire: () => {
-        const pool = this.pool();
-        return pool.connect().catch((err: unknown) => {
-          throw unavailable(err, pool);
-        });
-      },
-      release: (client, destroy) => client.release(destroy),
-      beginSql: 'BEGIN',
-      commitSql: 'COMMIT',
-      rollbackSql: 'ROLLBACK',
-    });
+  createSession(): Promise<DbSession> {
+    if (this.#closed) return Promise.reject(new DbConnectClosedError());
+    const hook = this.#beforeCreateSession;
+    // No hook, no await: one session per request should not cost a chain of promises.
+    if (hook === undefined) return Promise.resolve(new DbSession(this.#driver));
+    return new Promise<void>((resolve) => resolve(hook(this))).then(() => new DbSession(this.#driver));
   }
 
   /**

@@ -1,4 +1,3 @@
-import { AsyncResource } from 'node:async_hooks';
 import {
   type ContextDbOptions,
   createDbHelpers,
@@ -27,8 +26,6 @@ export type ContextDbPluginOptions = ContextDbOptions;
 
 interface RequestState {
   readonly rc: RequestCtx;
-  /** The request's async context as onRequest left it, to resume later hooks in. */
-  scope: AsyncResource | undefined;
   error: unknown;
   /** Set once the outcome has been decided, so the error response that follows cannot decide it again. */
   ended: boolean;
@@ -49,26 +46,22 @@ const plugin: FastifyPluginAsync<ContextDbPluginOptions> = async (fastify, optio
 
   fastify.addHook('onRequest', (request, reply, next) => {
     if (request.routeOptions.config.contextDb === false) return next();
-    const state: RequestState = { rc: RequestCtx.open(ctxOptions), scope: undefined, error: undefined, ended: false };
+    const state: RequestState = { rc: RequestCtx.open(ctxOptions), error: undefined, ended: false };
     states.set(request, state);
     // 'close' fires on every response: after a normal end (nothing left to do), after a hijacked
     // reply the handler finished itself (onSend never ran), or when the client went away first.
     reply.raw.once('close', () => onClose(state, reply));
-    state.rc.run(() => {
-      state.scope = new AsyncResource('context-db:request');
-      next();
-    });
+    state.rc.run(next);
   });
 
   // Fastify carries the async context through body parsing itself, but a callback-style hook
   // (a throttle, a queue) may resume the request on someone else's stack, in another request's
-  // context. Re-enter this request's own async context before validation and the handler: the
-  // whole of it, so the app's other AsyncLocalStorage stores (a logger's, a tracer's) come back too.
+  // context. Re-enter this request's own context before validation and the handler.
   fastify.addHook('preValidation', (request, _reply, next) => {
     const state = states.get(request);
     // Usually Fastify has kept the context through body parsing: nothing to re-enter.
-    if (state?.scope === undefined || state.rc.current) return next();
-    state.scope.runInAsyncScope(next);
+    if (state === undefined || state.rc.current) return next();
+    state.rc.run(next);
   });
 
   fastify.addHook('onError', (request, _reply, error, next) => {

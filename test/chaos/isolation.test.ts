@@ -2,15 +2,7 @@
 // that its session's backend pid and transaction id stay its own from its first to its last query,
 // and that no two requests in flight share a pid or a transaction id.
 import t from 'tap';
-import {
-  formatReport,
-  frameworks,
-  IsolationTracker,
-  mixRoutes,
-  prepareTable,
-  runMix,
-  startServer,
-} from '../fixtures/chaos.js';
+import { formatReport, frameworks, IsolationTracker, startMix } from '../fixtures/chaos.js';
 import { admin, createDeferredTable, testDb } from '../fixtures/db.js';
 
 const CONCURRENT = 2000;
@@ -19,17 +11,9 @@ for (const framework of frameworks) {
   t.test(`${framework}: ${CONCURRENT} concurrent requests never see another request's session`, async (t) => {
     const { db, appName } = testDb(t, { max: 10, connectionTimeoutMillis: 30_000 });
     const table = await createDeferredTable(t);
-    await prepareTable(admin, table);
-    const tracker = new IsolationTracker();
-    const server = await startServer(framework, db, mixRoutes(db, table, admin, tracker));
-    t.teardown(() => server.close());
-    const report = await runMix({
-      server,
-      db,
-      appName,
-      table,
-      admin,
-      tracker,
+    const mix = await startMix(framework, { db, appName, table, admin });
+    t.teardown(() => mix.server.close());
+    const report = await mix.run({
       requests: CONCURRENT,
       concurrency: CONCURRENT,
       seed: 11,

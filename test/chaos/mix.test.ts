@@ -1,15 +1,7 @@
 // The load mix against each framework: every response agrees with the database, nothing leaks.
 // `pnpm chaos --requests N` runs the same with a large count (test/chaos/run.ts).
 import t from 'tap';
-import {
-  formatReport,
-  frameworks,
-  IsolationTracker,
-  mixRoutes,
-  prepareTable,
-  runMix,
-  startServer,
-} from '../fixtures/chaos.js';
+import { formatReport, frameworks, startMix } from '../fixtures/chaos.js';
 import { admin, createDeferredTable, testDb } from '../fixtures/db.js';
 
 const REQUESTS = 300;
@@ -18,18 +10,10 @@ for (const framework of frameworks) {
   t.test(`${framework}: ${REQUESTS} mixed requests, every status agrees with the database`, async (t) => {
     const { db, appName } = testDb(t, { max: 8 });
     const table = await createDeferredTable(t);
-    await prepareTable(admin, table);
-    const tracker = new IsolationTracker();
-    const server = await startServer(framework, db, mixRoutes(db, table, admin, tracker));
-    t.teardown(() => server.close());
+    const mix = await startMix(framework, { db, appName, table, admin });
+    t.teardown(() => mix.server.close());
 
-    const report = await runMix({
-      server,
-      db,
-      appName,
-      table,
-      admin,
-      tracker,
+    const report = await mix.run({
       requests: REQUESTS,
       concurrency: 24,
       seed: 7,
@@ -53,17 +37,9 @@ for (const framework of frameworks) {
 t.test('the checker catches a route whose status lies about the database', async (t) => {
   const { db, appName } = testDb(t, { max: 4 });
   const table = await createDeferredTable(t);
-  await prepareTable(admin, table);
-  const tracker = new IsolationTracker();
-  const server = await startServer('fastify', db, mixRoutes(db, table, admin, tracker));
-  t.teardown(() => server.close());
-  const report = await runMix({
-    server,
-    db,
-    appName,
-    table,
-    admin,
-    tracker,
+  const mix = await startMix('fastify', { db, appName, table, admin });
+  t.teardown(() => mix.server.close());
+  const report = await mix.run({
     requests: 20,
     concurrency: 4,
     weights: {

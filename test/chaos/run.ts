@@ -5,17 +5,7 @@
 import { parseArgs } from 'node:util';
 import { DbConnect } from '@context-db/core';
 import pg from 'pg';
-import {
-  type Framework,
-  formatReport,
-  frameworks,
-  IsolationTracker,
-  type MixReport,
-  mixRoutes,
-  prepareTable,
-  runMix,
-  startServer,
-} from '../fixtures/chaos.js';
+import { type Framework, formatReport, frameworks, type MixReport, startMix } from '../fixtures/chaos.js';
 
 const { values } = parseArgs({
   options: {
@@ -63,25 +53,13 @@ async function run(
     poolConfig: { max: poolMax, application_name: appName, connectionTimeoutMillis },
     onPoolError: () => {},
   });
-  const tracker = new IsolationTracker();
-  const server = await startServer(framework, db, mixRoutes(db, table, admin, tracker));
+  const mix = await startMix(framework, { db, appName, table, admin });
   try {
-    await prepareTable(admin, table);
-    const report = await runMix({
-      server,
-      db,
-      appName,
-      table,
-      admin,
-      tracker,
-      requests: count,
-      concurrency: parallel,
-      seed,
-    });
+    const report = await mix.run({ requests: count, concurrency: parallel, seed });
     console.log(`[${label}] ${formatReport(report)}`);
     check(report);
   } finally {
-    await server.close();
+    await mix.server.close();
     await db.close();
     await admin.query(`DROP TABLE IF EXISTS ${table}`);
   }

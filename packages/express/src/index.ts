@@ -46,6 +46,7 @@ class RequestLink {
   #phase: Phase = 'open';
   #appEnded = false;
   #optedOut = false;
+  #fixedStatus: number | undefined; // the status of a head the app fixed with res.writeHead()
   #starved = false; // a held write returned false: the writer waits for 'drain'
   #queue: Array<{ method: Method; args: unknown[] }> = [];
 
@@ -67,6 +68,18 @@ class RequestLink {
     res.flushHeaders = (...args: unknown[]) => {
       link.#hold(flushHeaders, args, false);
     };
+    // Node stores the head at writeHead() (res.headersSent turns true) though no byte is sent
+    // before the first write, which the hold keeps back: from then on a res.status() no longer
+    // reaches the client, so the status of that head is what decides the outcome.
+    const writeHead = res.writeHead as Method;
+    res.writeHead = ((...args: unknown[]) => {
+      // The app wrote or ended its response already, so unheld Node would have sent its head: a
+      // later head (an error handler's) must not replace the one the outcome was decided on.
+      if (link.#phase === 'deciding') return res;
+      writeHead.apply(res, args);
+      if (link.#phase === 'open' && res.headersSent) link.#fixedStatus = res.statusCode;
+      return res;
+    }) as Response['writeHead'];
     // Stream events of req (body parsers, multipart parsers, any req.on('end', next)) are
     // emitted from the socket's callbacks, whose async context is the connection's, not this
     // request's: emit them inside the request's context so a next() called there still finds it.
@@ -88,7 +101,7 @@ class RequestLink {
     }
     this.#phase = 'through';
     this.#optedOut = true;
-    void this.#rc.end(this.#res.statusCode, this.error).then((failure) => {
+    void this.#rc.end(this.#status(), this.error).then((failure) => {
       if (failure === undefined) runOutsideCtx(next);
       else runOutsideCtx(() => next(failure));
     });
@@ -100,7 +113,7 @@ class RequestLink {
     if (this.#phase === 'open' && this.#rc.idle) {
       // No session was made: nothing to commit, so nothing to hold back.
       this.#phase = 'through';
-      void this.#rc.end(this.#res.statusCode, this.error);
+      void this.#rc.end(this.#status(), this.error);
       return method.apply(this.#res, args) !== false;
     }
     this.#queue.push({ method, args });
@@ -113,22 +126,34 @@ class RequestLink {
     return !isWrite;
   }
 
+  /** The status the client gets: that of a head fixed by writeHead(), else the current one. */
+  #status(): number {
+    return this.#fixedStatus ?? this.#res.statusCode;
+  }
+
   async #decide(): Promise<void> {
     const res = this.#res;
-    const head = { statusCode: res.statusCode, statusMessage: res.statusMessage, headers: res.getHeaders() };
+    const head = { statusCode: this.#status(), statusMessage: res.statusMessage, headers: res.getHeaders() };
     const failure = await this.#rc.end(head.statusCode, this.error);
     const queue = this.#queue;
     this.#queue = [];
-    this.#phase = failure === undefined ? 'through' : 'replaced';
+    const replaced = failure !== undefined || this.#errorUnderSuccessHead();
+    this.#phase = replaced ? 'replaced' : 'through';
     try {
-      if (failure === undefined) this.#release(queue, head);
-      else this.#replace(queue, failure);
+      if (replaced) this.#replace(queue, failure);
+      else this.#release(queue, head);
     } catch (err) {
       // Node threw on one of the app's own calls (a bad argument to res.end, say). Had the
       // response not been held, the handler would have seen it; now nobody can answer it.
       report(this.#req, err);
       res.destroy();
     }
+  }
+
+  // An error recorded by contextDbErrors() rolled the request back, but the head the app fixed
+  // before the error says success: the error handler's own status cannot reach the client.
+  #errorUnderSuccessHead(): boolean {
+    return this.error !== undefined && this.#fixedStatus !== undefined && this.#fixedStatus < 400;
   }
 
   /** The outcome stands: send the response as the app made it. */
@@ -142,15 +167,18 @@ class RequestLink {
     if (this.#starved && !res.writableEnded && !res.writableNeedDrain) res.emit('drain');
   }
 
-  /** A wanted commit failed: a 500 instead of the app's response, whose calls are dropped. */
+  /**
+   * A wanted commit failed (or an error rolled back under a success head): a 500 instead of the
+   * app's response, whose calls are dropped.
+   */
   #replace(queue: Array<{ method: Method; args: unknown[] }>, failure: unknown): void {
     const res = this.#res;
     for (const { args } of queue) drop(args);
-    report(this.#req, failure);
+    if (failure !== undefined) report(this.#req, failure);
     if (res.destroyed) return;
     if (res.headersSent) {
-      // An explicit writeHead() fixed the 2xx status line: cut the connection rather than let a
-      // success whose data is not in the database reach the client.
+      // An explicit writeHead() fixed a success status line: cut the connection rather than let
+      // a success whose data is not in the database reach the client.
       res.destroy();
       return;
     }

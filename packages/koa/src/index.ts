@@ -1,7 +1,10 @@
+import type { Readable } from 'node:stream';
 import {
   type ContextDbOptions,
   createDbHelpers,
   type DbHelpers,
+  firstChunk,
+  InvalidOptionsError,
   RequestCtx,
   runOutsideCtx,
   validateContextDbOptions,
@@ -25,12 +28,20 @@ export interface KoaContextDbOptions<StateT = DefaultState, ContextT = DefaultCo
   readonly skip?: (ctx: ParameterizedContext<StateT, ContextT>) => boolean;
 }
 
+// The request each Koa context belongs to, so that a second contextDb() on the same request (a
+// mounted app, a router) finds it instead of opening a second transaction.
+const requests = new WeakMap<object, RequestCtx>();
+// Helpers made by contextDb(): any other ctx.db is the app's own, and is not overwritten.
+const ownHelpers = new WeakSet<DbHelpers>();
+
 /**
  * Koa middleware that runs the rest of the request in a context-db context and ends it after
  * `await next()`, before Koa writes the response: committed when nothing threw and
- * `commitOn(ctx.status)` holds (default `< 400`), otherwise rolled back, then released. A COMMIT
- * that fails reaches Koa's error path as a 500 (not exposed); a thrown error is rethrown after the
- * rollback; a client that goes away rolls back at once. Install it before the router.
+ * `commitOn(ctx.status)` holds (default `< 400`), otherwise rolled back, then released. A streamed
+ * body is awaited up to its first chunk first, so that a stream failing before any byte rolls
+ * back. A COMMIT that fails reaches Koa's error path as a 500 (not exposed); a thrown error is
+ * rethrown after the rollback; a client that goes away rolls back at once. Install it before the
+ * router.
  *
  * @example
  * ```ts
@@ -47,12 +58,17 @@ export function contextDb<StateT = DefaultState, ContextT = DefaultContext>(
 ): Middleware<StateT, ContextT> {
   validateContextDbOptions(options, 'contextDb()', ['skip']);
   const helpers = createDbHelpers(options.db);
+  ownHelpers.add(helpers);
   const { skip } = options;
   return async function contextDbMiddleware(ctx, next) {
+    const outer = requests.get(ctx);
+    if (outer !== undefined) return joinRequest(ctx, next, outer, helpers, skip?.(ctx) === true, options);
+    claimDb(ctx);
     // Set on skipped requests too: the helpers need no context, and newSession() still works.
     ctx.db = helpers;
     if (skip?.(ctx)) return next();
     const rc = RequestCtx.open(options);
+    requests.set(ctx, rc);
     const { res } = ctx;
     // 'close' before the response finished means the client went away: release its connection
     // now rather than when the handler notices. After end() below, abort() is a no-op.
@@ -67,14 +83,98 @@ export function contextDb<StateT = DefaultState, ContextT = DefaultContext>(
         await rc.end(ctx.status, error);
         throw error;
       }
-      // Koa sends the body (a stream included) only after the middleware chain returns, so the
-      // outcome is settled before the first byte.
+      // Koa pipes a streamed body only after the chain returns. Its first chunk is awaited here,
+      // before the commit, so that a stream failing before any byte (a missing file, a generator
+      // that throws) rolls back instead of committing and then cutting the connection. Without
+      // this, such a stream errors with nobody listening while the COMMIT runs: the process dies.
+      const streamError = await streamFailure(ctx, rc);
+      if (streamError !== undefined) {
+        await rc.end(ctx.status, streamError);
+        // A client that went away needs no answer; its rollback is all there is to do.
+        if (ctx.writable) throw asServerError(streamError);
+        return;
+      }
+      // Koa sends the body only after the middleware chain returns, so the outcome is settled
+      // before the first byte.
       const failure = await rc.end(ctx.status);
       if (failure !== undefined) throw asServerError(failure);
     } finally {
       res.off('close', onClose);
     }
   };
+}
+
+/**
+ * A second contextDb() on a request that already has one (a mounted Koa app, a router-level
+ * install). One request keeps one transaction, and the nearer install's options decide its
+ * outcome: the inner app or router was given them for its own routes, and ignoring them would
+ * silently commit what it meant to roll back. Its `db` is the default of `ctx.db` below it.
+ */
+async function joinRequest<StateT, ContextT>(
+  ctx: ParameterizedContext<StateT, ContextT>,
+  next: () => Promise<unknown>,
+  rc: RequestCtx,
+  helpers: DbHelpers,
+  skipped: boolean,
+  options: ContextDbOptions,
+): Promise<void> {
+  const previous = ctx.db;
+  ctx.db = helpers;
+  try {
+    if (skipped) {
+      await runOutsideCtx(next);
+      return;
+    }
+    rc.useOptions(options);
+    // A middleware between the two installs may have parked the request and been resumed from
+    // another request's callback: re-enter this request's own context for everything below.
+    await (rc.current ? next() : rc.run(next));
+  } finally {
+    ctx.db = previous;
+  }
+}
+
+// `ctx.db` may already be the app's own (`app.context.db`, or set by an earlier middleware).
+// Koa middleware cannot see the app when it is made, so this is checked on the request, before
+// anything runs, and every request fails loudly until the clash is fixed.
+function claimDb(ctx: object): void {
+  const existing = (ctx as { db?: unknown }).db;
+  if (existing !== undefined && !ownHelpers.has(existing as DbHelpers)) {
+    throw new InvalidOptionsError(
+      'contextDb(): ctx.db is already taken (by app.context.db or an earlier middleware), and ' +
+        'contextDb() will not overwrite it. Rename the app’s own property, or remove it and use ' +
+        'the ctx.db helpers of contextDb().',
+    );
+  }
+}
+
+// Koa answers these without a body, and a HEAD without reading it: such a stream is never piped.
+const EMPTY_STATUSES = new Set([204, 205, 304]);
+
+/** The error of a streamed body that failed before its first chunk, if it did. */
+async function streamFailure<StateT, ContextT>(
+  ctx: ParameterizedContext<StateT, ContextT>,
+  rc: RequestCtx,
+): Promise<unknown> {
+  const body: unknown = ctx.body;
+  // A request that made no session has nothing to decide: the stream is left to Koa.
+  if (rc.idle || !isReadable(body)) return undefined;
+  if (ctx.respond === false || ctx.method === 'HEAD' || EMPTY_STATUSES.has(ctx.status)) return undefined;
+  try {
+    await firstChunk(body);
+    return undefined;
+  } catch (error) {
+    return error;
+  }
+}
+
+function isReadable(body: unknown): body is Readable {
+  return (
+    typeof body === 'object' &&
+    body !== null &&
+    typeof (body as Readable).pipe === 'function' &&
+    typeof (body as Readable).read === 'function'
+  );
 }
 
 /**

@@ -93,6 +93,21 @@ class RequestLink {
     res.once('close', () => rc.abort());
   }
 
+  /** True after noContextDb(): the rest of the request runs outside any context on purpose. */
+  get optedOut(): boolean {
+    return this.#optedOut;
+  }
+
+  /** Run one of the request's layers in its context (see wrapLayerClass). */
+  enter<R>(fn: () => R): R {
+    return this.#rc.current ? fn() : this.#rc.run(fn);
+  }
+
+  /** The router's next() for a layer of this request, made to resume the request in its context. */
+  resume(next: NextFunction): NextFunction {
+    return (err?: unknown) => (this.#optedOut ? next(err) : this.enter(() => next(err)));
+  }
+
   /** noContextDb(): finish the context now and run the rest of the request outside it. */
   optOut(next: NextFunction): void {
     if (this.#phase !== 'open') {
@@ -226,6 +241,71 @@ function report(req: Request, err: unknown): void {
   if (req.app?.get('env') !== 'test') console.error(err instanceof Error ? (err.stack ?? err.message) : err);
 }
 
+// Express has no hook between layers, and a next() parked by one request's middleware (a gate,
+// a queue, a rate limiter, a session store's callback) may be called from another request's
+// code: every later layer of the parked request would then run in the other request's context
+// and use its session. The router calls each layer through the methods of its Layer class
+// (handleRequest/handleError in Express 5's router package, handle_request/handle_error in
+// Express 4), so wrapping those once puts every layer of a request with a context back in that
+// context, with a next() that resumes it there. A request without a context pays one WeakMap
+// lookup per layer.
+type HandleRequest = (this: unknown, req: Request, res: Response, next: NextFunction) => unknown;
+type HandleError = (this: unknown, err: unknown, req: Request, res: Response, next: NextFunction) => unknown;
+const wrappedLayerClasses = new WeakSet<object>();
+const visitedApps = new WeakSet<object>();
+
+/** Wrap the Layer class of every router reachable from `app`, once. */
+function resumeLayersInContext(app: object | undefined): void {
+  if (app === undefined || visitedApps.has(app)) return;
+  visitedApps.add(app);
+  // Express 4 keeps its router in app._router (its app.router getter throws), Express 5 in app.router.
+  const router = '_router' in app ? (app as { _router?: Router })._router : (app as { router?: Router }).router;
+  wrapLayers(router?.stack, new Set());
+}
+
+interface Router {
+  readonly stack?: unknown;
+}
+
+function wrapLayers(stack: unknown, seen: Set<unknown>): void {
+  if (!Array.isArray(stack) || seen.has(stack)) return;
+  seen.add(stack);
+  for (const layer of stack as Array<{ route?: Router; handle?: Router }>) {
+    wrapLayerClass(Object.getPrototypeOf(layer) as Record<string, unknown>);
+    wrapLayers(layer.route?.stack, seen); // a route's handlers
+    wrapLayers(layer.handle?.stack, seen); // a nested Router, possibly from another copy of the router
+  }
+}
+
+function wrapLayerClass(proto: Record<string, unknown>): void {
+  if (wrappedLayerClasses.has(proto)) return;
+  wrappedLayerClasses.add(proto);
+  for (const name of ['handleRequest', 'handle_request']) {
+    const handle = proto[name] as HandleRequest | undefined;
+    if (typeof handle !== 'function') continue;
+    proto[name] = function handleInRequestContext(this: unknown, req: Request, res: Response, next: NextFunction) {
+      const link = links.get(req);
+      if (link === undefined || link.optedOut) return handle.call(this, req, res, next);
+      return link.enter(() => handle.call(this, req, res, link.resume(next)));
+    };
+  }
+  for (const name of ['handleError', 'handle_error']) {
+    const handle = proto[name] as HandleError | undefined;
+    if (typeof handle !== 'function') continue;
+    proto[name] = function handleErrorInRequestContext(
+      this: unknown,
+      err: unknown,
+      req: Request,
+      res: Response,
+      next: NextFunction,
+    ) {
+      const link = links.get(req);
+      if (link === undefined || link.optedOut) return handle.call(this, err, req, res, next);
+      return link.enter(() => handle.call(this, err, req, res, link.resume(next)));
+    };
+  }
+}
+
 /**
  * Express middleware that runs each request in a context-db context: `dbSession(db)` anywhere
  * below it finds the request's session, and `req.db` holds the helpers. When the handler ends
@@ -252,6 +332,7 @@ export function contextDb(options: ContextDbExpressOptions): RequestHandler {
   validateContextDbOptions(options, 'contextDb()', ['skip']);
   const helpers = createDbHelpers(options.db);
   return function contextDbMiddleware(req, res, next) {
+    resumeLayersInContext(req.app);
     req.db = helpers;
     if (links.has(req) || options.skip?.(req) === true) return next();
     const rc = RequestCtx.open(options);

@@ -1,11 +1,15 @@
-// `pnpm chaos [--requests N] [--concurrency C] [--seed S] [--frameworks fastify,express,koa]`:
-// the chaos mix with N requests per framework (default 20000), then an isolation burst of C
-// concurrent requests per framework (default 2000). Prints the report; exits 1 on any
-// disagreement, half write, unexpected status, hang, leak, held connection or idle transaction.
+// `pnpm chaos [--requests N] [--concurrency C] [--seed S] [--frameworks fastify,express,koa]
+// [--model-runs M]`: the model-based interleaving test with M runs (default 5000, or
+// CONTEXT_DB_MODEL_RUNS; its seed is CONTEXT_DB_MODEL_SEED or S), then the chaos mix with N
+// requests per framework (default 20000; gated requests resumed by another request's handler
+// included), then an isolation burst of C concurrent requests per framework (default 2000). Prints
+// the report; exits 1 on a model counterexample, or on any disagreement, half write, unexpected
+// status, hang, leak, held connection or idle transaction.
 import { parseArgs } from 'node:util';
 import { DbConnect } from '@context-db/core';
 import pg from 'pg';
 import { type Framework, formatReport, frameworks, type MixReport, startMix } from '../fixtures/chaos.js';
+import { runModel } from './model.js';
 
 const { values } = parseArgs({
   options: {
@@ -15,6 +19,7 @@ const { values } = parseArgs({
     seed: { type: 'string', default: String(Date.now() % 100_000) },
     frameworks: { type: 'string', default: frameworks.join(',') },
     pool: { type: 'string', default: '10' },
+    'model-runs': { type: 'string', default: process.env.CONTEXT_DB_MODEL_RUNS ?? '5000' },
   },
 });
 const url = process.env.DATABASE_URL;
@@ -25,6 +30,8 @@ const concurrency = Number(values.concurrency);
 const seed = Number(values.seed);
 const poolMax = Number(values.pool);
 const selected = values.frameworks.split(',') as Framework[];
+const modelRuns = Number(values['model-runs']);
+const modelSeed = Number(process.env.CONTEXT_DB_MODEL_SEED ?? seed);
 
 const admin = new pg.Pool({ connectionString: url, max: 3, application_name: 'context_db_chaos_admin' });
 const failures: string[] = [];
@@ -65,6 +72,14 @@ async function run(
   }
 }
 
+if (modelRuns > 0) {
+  const model = await runModel(url, modelRuns, modelSeed);
+  console.log(`[model] ${model.runs} interleaved runs (seed ${model.seed}) in ${model.seconds.toFixed(1)} s`);
+  if (model.failure !== undefined) {
+    console.log(model.failure);
+    failures.push(`model: counterexample (replay with CONTEXT_DB_MODEL_SEED=${model.seed})`);
+  }
+}
 console.log(
   `chaos: ${requests} mixed requests per framework (concurrency ${concurrency}), then ${burst} at once; pool max ${poolMax}; seed ${seed}`,
 );
@@ -78,4 +93,6 @@ if (failures.length > 0) {
   console.log(`FAILED\n${failures.join('\n')}`);
   process.exit(1);
 }
-console.log('chaos: 0 disagreements, 0 half writes, 0 hangs, 0 leaks, 0 connections held, 0 idle in transaction');
+console.log(
+  'chaos: 0 model counterexamples, 0 disagreements, 0 half writes, 0 hangs, 0 leaks, 0 connections held, 0 idle in transaction',
+);

@@ -1,0 +1,70 @@
+// Model-based interleaving test (DESIGN.md "Rules that users rely on"): random programs of up to
+// three contexts, each issuing inserts, commits, rollbacks, closes, atomic blocks in every mode,
+// runInNewCtx and its finish by every outcome (or a client abort), interleaved by fast-check's
+// scheduler on the real PostgreSQL, and checked against the model in test/fixtures/model.ts.
+// CI runs a fixed seed; CONTEXT_DB_MODEL_RUNS and CONTEXT_DB_MODEL_SEED change the run (`pnpm
+// chaos` runs it longer through test/chaos/model.ts).
+import fc from 'fast-check';
+import t from 'tap';
+import { admin, createTable, testDb } from '../fixtures/db.js';
+import { check, type InsertRec, modelProperty, type OpRec, type Trace } from '../fixtures/model.js';
+
+const numRuns = Number(process.env.CONTEXT_DB_MODEL_RUNS ?? 300);
+const seed = Number(process.env.CONTEXT_DB_MODEL_SEED ?? 20261125);
+
+t.test(
+  `interleaved contexts agree with the model: reported work committed exactly by its outcome, late work refused, nothing leaked (${numRuns} runs, seed ${seed})`,
+  async (t) => {
+    const { db, appName } = testDb(t, { max: 16 });
+    const table = await createTable(t);
+    const started = Date.now();
+    const result = await fc.check(modelProperty({ db, appName, table, admin }), { numRuns, seed, endOnFailure: false });
+    t.comment(`${result.numRuns} runs in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+    if (result.failed) {
+      const error = result.errorInstance instanceof Error ? result.errorInstance.message : String(result.errorInstance);
+      t.fail(`${fc.defaultReportMessage(result) ?? 'the property failed'}\n${error}`);
+    } else t.pass('every run agreed with the model');
+  },
+);
+
+t.test(
+  'the model flags missing committed work, late work that succeeded and a transaction two contexts share',
+  async (t) => {
+    const end = (ctx: number, outcome: 200 | 404, call: number): OpRec => ({
+      ctx,
+      op: { k: 'end', outcome },
+      label: `c${ctx} end(${outcome})`,
+      call,
+      settle: call + 10,
+      ok: true,
+      inserts: [],
+    });
+    const insert = (value: string, ctx: number, call: number, txid: string): InsertRec => ({
+      value,
+      ctx,
+      owner: undefined,
+      call,
+      settle: call + 1,
+      ok: true,
+      txid,
+      pid: 1,
+    });
+    const committed: Trace = { contexts: 1, ops: [end(0, 200, 3)], inserts: [insert('a', 0, 1, '10')] };
+    t.same(check(committed, new Set(['a'])), [], 'work committed by a 200 and in the table agrees');
+    t.match(check(committed, new Set()), [/expected committed/], 'the same work missing is flagged');
+    const rolledBack: Trace = { contexts: 1, ops: [end(0, 404, 3)], inserts: [insert('a', 0, 1, '10')] };
+    t.match(check(rolledBack, new Set(['a'])), [/expected rolled back/], 'work of a 404 in the table is flagged');
+    const late: Trace = { contexts: 1, ops: [end(0, 200, 3)], inserts: [insert('a', 0, 5, '10')] };
+    t.match(
+      check(late, new Set(['a'])),
+      [/after its context's finish began/],
+      'work sent after the finish began that succeeded',
+    );
+    const shared: Trace = {
+      contexts: 2,
+      ops: [end(0, 200, 5), end(1, 200, 6)],
+      inserts: [insert('a', 0, 1, '10'), insert('b', 1, 2, '10')],
+    };
+    t.match(check(shared, new Set(['a', 'b'])), [/ran in transaction 10 of a/], 'two contexts in one transaction');
+  },
+);

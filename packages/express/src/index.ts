@@ -93,6 +93,11 @@ class RequestLink {
     res.once('close', () => rc.abort());
   }
 
+  /** Options of a contextDb() nested under the one that opened the context (a sub-app's). */
+  useOptions(options: ContextDbOptions): void {
+    this.#rc.useOptions(options);
+  }
+
   /** True after noContextDb(): the rest of the request runs outside any context on purpose. */
   get optedOut(): boolean {
     return this.#optedOut;
@@ -334,7 +339,20 @@ export function contextDb(options: ContextDbExpressOptions): RequestHandler {
   return function contextDbMiddleware(req, res, next) {
     resumeLayersInContext(req.app);
     req.db = helpers;
-    if (links.has(req) || options.skip?.(req) === true) return next();
+    const outer = links.get(req);
+    if (outer !== undefined) {
+      // A second install on one request: a sub-app or router with a contextDb() of its own,
+      // mounted under the app's. Its options are the specific ones, so they decide the rest of
+      // the request, as they would with the sub-app served on its own; ignoring them would
+      // commit what the inner commitOn means to roll back.
+      if (options.skip?.(req) === true) outer.optOut(next);
+      else {
+        outer.useOptions(options);
+        next();
+      }
+      return;
+    }
+    if (options.skip?.(req) === true) return next();
     const rc = RequestCtx.open(options);
     rc.run(() => {
       links.set(req, new RequestLink(req, res, rc));

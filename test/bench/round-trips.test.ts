@@ -1,9 +1,11 @@
-// Round trips: a request whose handler runs N queries sends exactly N + 2 statements (BEGIN,
-// the N queries, COMMIT, or ROLLBACK when it fails), on one connection; a request that runs
+// Round trips: a request whose handler runs N queries makes exactly N + 2 round trips (BEGIN,
+// the N queries, COMMIT, or ROLLBACK when it fails), on one connection: the session reset that
+// keeps SET, temp tables and advisory locks from reaching the next request travels in the same
+// flight as the COMMIT or ROLLBACK, not in a round trip of its own. A request that runs
 // none, even one that asked for its session, sends nothing and takes no connection. Counted on
 // the pg client (every client.query call the pool's connections receive) and, when the server
 // has pg_stat_statements loaded, also by PostgreSQL itself, for a role used only by this test.
-import { DbConnect } from '@context-db/core';
+import { DbConnect, RESET_SESSION_SQL } from '@context-db/core';
 import { contextDb as expressContextDb } from '@context-db/express';
 import { contextDbPlugin } from '@context-db/fastify';
 import { contextDb as koaContextDb } from '@context-db/koa';
@@ -105,10 +107,12 @@ async function statementCounter(t: Test, table: string): Promise<StatementCounte
 
 const insertSql = (table: string): string => `INSERT INTO ${table} (text) VALUES ($1)`;
 
-/** What one request should have sent: BEGIN, the N inserts, and COMMIT (or ROLLBACK). */
+/** What one request should have sent: BEGIN, the N inserts, and COMMIT (or ROLLBACK) with the reset. */
 function expected(table: string, n: number, end: 'COMMIT' | 'ROLLBACK'): string[] {
-  return n === 0 ? [] : ['BEGIN', ...Array.from({ length: n }, () => insertSql(table)), end];
+  return n === 0 ? [] : ['BEGIN', ...Array.from({ length: n }, () => insertSql(table)), `${end}; ${RESET_SESSION_SQL}`];
 }
+
+const resetStatements = RESET_SESSION_SQL.split(';').length;
 
 /** "BEGIN, 3 × INSERT, COMMIT" */
 function describe(statements: readonly string[]): string {
@@ -140,10 +144,11 @@ async function checkRoundTrips(t: Test, counter: StatementCounter, table: string
     t.equal(await send(path), status, `${what}: status ${status}`);
     await eventually(() => checkedOut(counter.db) === 0);
     const statements = expected(table, n, end);
-    t.same(counter.sent, statements, `${what}: sends ${statements.length} statements (${describe(statements)})`);
+    t.same(counter.sent, statements, `${what}: makes ${statements.length} round trips (${describe(statements)})`);
     t.equal(counter.acquired, n === 0 ? 0 : 1, `${what}: takes ${n === 0 ? 'no connection' : 'one connection'}`);
     const server = await counter.serverCount();
-    if (server !== undefined) t.equal(server, n === 0 ? 0 : n + 2, `${what}: PostgreSQL executed ${server} statements`);
+    const executed = n === 0 ? 0 : n + 2 + resetStatements;
+    if (server !== undefined) t.equal(server, executed, `${what}: PostgreSQL executed ${server} statements`);
   }
   t.equal(checkedOut(counter.db), 0, 'every connection is back in the pool');
   t.equal((await activity(counter.appName)).idleInTransaction, 0, 'no transaction left open');
@@ -153,7 +158,7 @@ async function checkRoundTrips(t: Test, counter: StatementCounter, table: string
 
 const statusOf = (query: unknown): number => Number((query as { status?: string }).status ?? 200);
 
-t.test('fastify (app.inject): N queries send N + 2 statements, none send nothing', async (t) => {
+t.test('fastify (app.inject): N queries make N + 2 round trips, none make any', async (t) => {
   const table = await createTable(t);
   const counter = await statementCounter(t, table);
   const app = Fastify();
@@ -173,7 +178,7 @@ t.test('fastify (app.inject): N queries send N + 2 statements, none send nothing
   );
 });
 
-t.test('express (loopback): N queries send N + 2 statements, none send nothing', async (t) => {
+t.test('express (loopback): N queries make N + 2 round trips, none make any', async (t) => {
   const table = await createTable(t);
   const counter = await statementCounter(t, table);
   const app = express();
@@ -195,7 +200,7 @@ t.test('express (loopback): N queries send N + 2 statements, none send nothing',
   );
 });
 
-t.test('koa (loopback): N queries send N + 2 statements, none send nothing', async (t) => {
+t.test('koa (loopback): N queries make N + 2 round trips, none make any', async (t) => {
   const table = await createTable(t);
   const counter = await statementCounter(t, table);
   const app = new Koa();

@@ -1,3 +1,4 @@
+import net from 'node:net';
 import { DatabaseUnavailableError, DbConnect, DbSessionCtx, dbSession, newNonCtxSession } from '@context-db/core';
 import t from 'tap';
 import { activity, checkedOut, testDb } from '../fixtures/db.js';
@@ -19,7 +20,8 @@ t.test(
     const err = await ctx.run(async () => (await dbSession(db)).query('SELECT 1')).catch((e: unknown) => e);
     const waited = Date.now() - started;
     t.type(err, DatabaseUnavailableError);
-    t.match(err, { code: 'POOL_EXHAUSTED', statusCode: 503, message: /all 2 are in use.*poolConfig.max/s });
+    t.match(err, { code: 'POOL_EXHAUSTED', statusCode: 503, detail: /all 2 are in use.*poolConfig.max/s });
+    t.notMatch((err as Error).message, /2|200|poolConfig/, 'the message shows a client no pool size or timeout');
     t.ok(waited >= 150, `waited for the acquire timeout (${waited} ms)`);
     await ctx.finish({ error: err });
     release();
@@ -34,6 +36,36 @@ t.test('an unreachable server fails with DATABASE_UNREACHABLE (503)', async (t) 
   t.teardown(() => db.close());
   await t.rejects(
     newNonCtxSession(db, (s) => s.query('SELECT 1')),
-    { code: 'DATABASE_UNREACHABLE', statusCode: 503, message: /cannot be reached.*ECONNREFUSED/ },
+    { code: 'DATABASE_UNREACHABLE', statusCode: 503, detail: /cannot be reached.*ECONNREFUSED/ },
   );
+  const err = await newNonCtxSession(db, (s) => s.query('SELECT 1')).catch((e: unknown) => e);
+  t.notMatch((err as Error).message, /127\.0\.0\.1|:1\b|ECONNREFUSED/, 'the message shows a client no host or port');
 });
+
+t.test(
+  'a server that accepts TCP but never answers fails with DATABASE_UNREACHABLE (503), not a raw 500',
+  async (t) => {
+    const silent = net.createServer(() => {}); // accepts, never speaks
+    await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+    const sockets = new Set<net.Socket>();
+    silent.on('connection', (socket) => sockets.add(socket));
+    t.teardown(() => {
+      for (const socket of sockets) socket.destroy();
+      silent.close();
+    });
+    const { port } = silent.address() as net.AddressInfo;
+    const db = new DbConnect({
+      connectionString: `postgres://postgres@127.0.0.1:${port}/postgres`,
+      poolConfig: { connectionTimeoutMillis: 300 },
+    });
+    t.teardown(() => db.close());
+    await t.rejects(
+      newNonCtxSession(db, (s) => s.query('SELECT 1')),
+      {
+        code: 'DATABASE_UNREACHABLE',
+        statusCode: 503,
+        detail: /timeout/,
+      },
+    );
+  },
+);

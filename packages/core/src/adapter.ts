@@ -104,9 +104,11 @@ export class ClientAbortedError extends Error {
 const NOTHING: Promise<unknown> = Promise.resolve(undefined);
 
 /**
- * One request's context as an adapter drives it. `open` joins the context already open (a test
- * context set up with `setTestContext`) or makes a new one; only a context the request made is
- * finished by it.
+ * One request's context as an adapter drives it. A request always gets a context of its own,
+ * even when one is current: an `app.inject()` or loopback call made inside another request (a
+ * batch endpoint) must not commit or roll back that request's transaction by its own status.
+ * Inside a test's context (`setTestContext`) the request's sessions are savepoints in the test's
+ * transaction.
  *
  * @example
  * ```ts
@@ -117,22 +119,15 @@ const NOTHING: Promise<unknown> = Promise.resolve(undefined);
  */
 export class RequestCtx {
   readonly #ctx: DbSessionCtx;
-  readonly #owned: boolean;
   #options: ContextDbOptions;
 
-  private constructor(ctx: DbSessionCtx, owned: boolean, options: ContextDbOptions) {
+  private constructor(ctx: DbSessionCtx, options: ContextDbOptions) {
     this.#ctx = ctx;
-    this.#owned = owned;
     this.#options = options;
   }
 
   static open(options: ContextDbOptions): RequestCtx {
-    const current = storage.getStore();
-    // A finished context around the server (one started inside runInNewCtx, say) is no test
-    // context to join: every request would fail on it.
-    return current === undefined || current.finished
-      ? new RequestCtx(new DbSessionCtx(), true, options)
-      : new RequestCtx(current, false, options);
+    return new RequestCtx(new DbSessionCtx(storage.getStore()), options);
   }
 
   /**
@@ -146,12 +141,11 @@ export class RequestCtx {
   /**
    * Commit or roll back from the final status and error, then release everything. Resolves to
    * `undefined` when the outcome stands, or to the error that stopped a wanted commit: the
-   * adapter must then answer 500 instead of the handler's response. A joined context (a test's)
-   * is settled the same way but left open for the test.
+   * adapter must then answer 500 instead of the handler's response.
    */
   end(statusCode: number, error?: unknown): Promise<unknown> {
     // Nothing was asked of the database: finish synchronously, no promise chain per request.
-    if (this.#owned && this.#ctx.empty) {
+    if (this.#ctx.empty) {
       void this.#ctx.finish();
       return NOTHING;
     }
@@ -186,7 +180,7 @@ export class RequestCtx {
       ...(commitOn && { commitOn }),
     };
     try {
-      await (this.#owned ? this.#ctx.finish(options) : this.#ctx.settle(options));
+      await this.#ctx.finish(options);
       return undefined;
     } catch (err) {
       return err;
@@ -196,7 +190,7 @@ export class RequestCtx {
   /** The client went away: roll back and release at once. */
   abort(): void {
     // 'close' fires after every response: build the error only for a context still open.
-    if (this.#owned && !this.#ctx.finished) {
+    if (!this.#ctx.finished) {
       void this.#ctx.finish({ error: new ClientAbortedError() }).catch(() => {});
     }
   }

@@ -83,6 +83,8 @@ export interface AtomicOptions {
   /**
    * `'commit'` (default): commit it first; `'rollback'`: roll it back first; `'append'`: join it,
    * so it commits (or rolls back) with `fn`'s work; `'raise'`: throw `TransactionAlreadyOpenError`.
+   * Blocks started concurrently on one session run one after the other; a block cannot run inside
+   * another on the same session (`NestedAtomicBlockError`).
    */
   readonly currentTransaction?: CurrentTransactionMode;
 }
@@ -114,12 +116,15 @@ export async function atomicDbSession<R>(
     );
   }
   const session = await dbSession(db);
-  if (session.inTransaction) {
-    if (currentTransaction === 'raise') throw new TransactionAlreadyOpenError();
-    if (currentTransaction === 'commit') await session.commit();
-    if (currentTransaction === 'rollback') await session.rollback();
-  }
-  return inTransaction(session, fn);
+  if (currentTransaction === 'raise' && session.inTransaction) throw new TransactionAlreadyOpenError();
+  return session.exclusive(async () => {
+    if (session.inTransaction) {
+      if (currentTransaction === 'raise') throw new TransactionAlreadyOpenError();
+      if (currentTransaction === 'commit') await session.commit();
+      if (currentTransaction === 'rollback') await session.rollback();
+    }
+    return inTransaction(session, fn);
+  });
 }
 
 async function inTransaction<R>(session: DbSession, fn: (session: DbSession) => Promise<R> | R): Promise<R> {
@@ -148,7 +153,10 @@ async function inTransaction<R>(session: DbSession, fn: (session: DbSession) => 
  */
 export async function newNonCtxSession<R>(db: DbConnect, fn: (session: DbSession) => Promise<R> | R): Promise<R> {
   requireFunction(fn, 'newNonCtxSession(db, fn)');
-  const session = await db.createSession();
+  // Inside a test's context, an independent session is a savepoint in the test's transaction too.
+  const ctx = storage.getStore();
+  const factory = ctx?.childFactory;
+  const session = await (factory === undefined || ctx === undefined ? db.createSession() : factory(db, ctx));
   try {
     return await fn(session);
   } finally {
@@ -182,7 +190,7 @@ export function newNonCtxAtomicSession<R>(db: DbConnect, fn: (session: DbSession
  */
 export async function runInNewCtx<A extends unknown[], R>(fn: (...args: A) => Promise<R> | R, ...args: A): Promise<R> {
   requireFunction(fn, 'runInNewCtx(fn)');
-  const ctx = new Ctx();
+  const ctx = new Ctx(storage.getStore());
   // storage.run directly: a nested context is the point here, which ctx.run() refuses.
   return storage.run(ctx, async () => {
     let result: R;

@@ -1,3 +1,4 @@
+import { AsyncResource } from 'node:async_hooks';
 import type { Pool, PoolConfig } from 'pg';
 import pg from 'pg';
 import { DatabaseUnavailableError, DbConnectClosedError, InvalidOptionsError } from './errors.js';
@@ -26,7 +27,30 @@ export interface DbConnectOptions {
    * Default: a one-line warning on stderr.
    */
   readonly onPoolError?: (err: Error) => void;
+  /**
+   * Clear what a session may leave on its connection before the pool hands it to the next one:
+   * settings (`SET`, `set_config(…, false)`, `search_path`, `ROLE`), temporary tables, session
+   * advisory locks, `LISTEN`, cursors `WITH HOLD`, sequence state. Sent in the same round trip as
+   * the session's last COMMIT or ROLLBACK. Default true; turn it off only if no code ever sets
+   * session state.
+   */
+  readonly resetSession?: boolean;
 }
+
+/**
+ * What `DISCARD ALL` does, minus what it cannot do in our flight (it refuses to run in a
+ * multi-statement string) and minus `DEALLOCATE ALL`, which would drop the prepared statements
+ * node-postgres caches per connection (`name` queries) behind its back.
+ */
+export const RESET_SESSION_SQL =
+  'CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; RESET ROLE; UNLISTEN *; ' +
+  'SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES';
+
+// Connections are opened, and handed between sessions, from an async scope of no request: a
+// socket keeps the async context it was created in for all its callbacks, so one made while
+// request A queried would otherwise run request B's 'notice' or 'notification' listeners (and
+// pg-pool's hand-over to a waiter) inside A's context.
+const poolScope = new AsyncResource('context-db.pool', { requireManualDestroy: true });
 
 function defaultCreatePool(connectionString: string | undefined, poolConfig: PoolConfig): CreatePool {
   return (host) => {
@@ -50,7 +74,12 @@ function validate(options: DbConnectOptions): void {
       'new DbConnect(options) needs an options object, e.g. new DbConnect({ connectionString: process.env.DATABASE_URL }).',
     );
   }
-  const { createPool, connectionString, poolConfig, host, beforeCreateSession, onPoolError } = options;
+  const { createPool, connectionString, poolConfig, host, beforeCreateSession, onPoolError, resetSession } = options;
+  if (resetSession !== undefined && typeof resetSession !== 'boolean') {
+    throw new InvalidOptionsError(
+      `DbConnect: resetSession must be true or false, got ${JSON.stringify(resetSession)}.`,
+    );
+  }
   if (createPool !== undefined && typeof createPool !== 'function') {
     throw new InvalidOptionsError('DbConnect: createPool must be a function (host) => new pg.Pool(…).');
   }
@@ -95,26 +124,32 @@ function validate(options: DbConnectOptions): void {
   }
 }
 
+const UNREACHABLE_CODES = /^(ECONNREFUSED|ECONNRESET|ENOTFOUND|EAI_AGAIN|ETIMEDOUT|EHOSTUNREACH|ENETUNREACH|57P03)$/;
+
 /** Why a pool could not hand out a connection, as an error that says what to do about it. */
 function unavailable(err: unknown, pool: Pool): unknown {
   if (!(err instanceof Error)) return err;
   const { max, connectionTimeoutMillis } = pool.options;
-  if (/timeout exceeded when trying to connect/i.test(err.message) && pool.totalCount >= max) {
-    return new DatabaseUnavailableError(
-      'POOL_EXHAUSTED',
-      `No pooled connection became free within ${connectionTimeoutMillis} ms: all ${max} are in use. ` +
+  // pg-pool's waiting-queue timeout; a connection attempt of its own times out with pg's message.
+  const waited = /timeout exceeded when trying to connect/i.test(err.message);
+  if (waited && pool.totalCount >= max) {
+    return new DatabaseUnavailableError('POOL_EXHAUSTED', {
+      cause: err,
+      detail:
+        `No pooled connection became free within ${connectionTimeoutMillis} ms: all ${max} are in use. ` +
         'Raise poolConfig.max (within the server max_connections), release connections sooner ' +
         '(closeDbSession before slow work), or lower the concurrency.',
-      { cause: err },
-    );
+    });
   }
   const code = (err as { code?: unknown }).code;
   if (
-    typeof code === 'string' &&
-    /^(ECONNREFUSED|ECONNRESET|ENOTFOUND|EAI_AGAIN|ETIMEDOUT|EHOSTUNREACH|57P03)$/.test(code)
+    waited ||
+    /Connection terminated due to connection timeout/i.test(err.message) ||
+    (typeof code === 'string' && UNREACHABLE_CODES.test(code))
   ) {
-    return new DatabaseUnavailableError('DATABASE_UNREACHABLE', `The database cannot be reached: ${err.message}.`, {
+    return new DatabaseUnavailableError('DATABASE_UNREACHABLE', {
       cause: err,
+      detail: `The database cannot be reached: ${err.message}`,
     });
   }
   return err;
@@ -144,18 +179,7 @@ export class DbConnect {
   #closed = false;
   // Sessions take connections from whatever the pool is when they first query (after a
   // changeHost, the new one), so one driver serves them all.
-  readonly #driver: SessionDriver = {
-    acquire: () => {
-      const pool = this.pool();
-      return pool.connect().catch((err: unknown) => {
-        throw unavailable(err, pool);
-      });
-    },
-    release: (client, destroy) => client.release(destroy),
-    beginSql: 'BEGIN',
-    commitSql: 'COMMIT',
-    rollbackSql: 'ROLLBACK',
-  };
+  readonly #driver: SessionDriver;
 
   constructor(options: DbConnectOptions) {
     validate(options);
@@ -163,6 +187,21 @@ export class DbConnect {
     this.#host = options.host;
     this.#beforeCreateSession = options.beforeCreateSession;
     this.#onPoolError = options.onPoolError ?? warnPoolError;
+    this.#driver = {
+      acquire: () => {
+        const pool = this.pool();
+        return poolScope
+          .runInAsyncScope(() => pool.connect())
+          .catch((err: unknown) => {
+            throw unavailable(err, pool);
+          });
+      },
+      release: (client, destroy) => poolScope.runInAsyncScope(() => client.release(destroy)),
+      beginSql: 'BEGIN',
+      commitSql: 'COMMIT',
+      rollbackSql: 'ROLLBACK',
+      resetSql: options.resetSession === false ? '' : RESET_SESSION_SQL,
+    };
   }
 
   /** The host new pools are built for. */

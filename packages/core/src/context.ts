@@ -32,6 +32,12 @@ export const storage: Storage = holder[STORAGE_KEY];
 type State = 'open' | 'finishing' | 'finished';
 
 /**
+ * @internal Makes the sessions of a context instead of `db.createSession()`: the testing helpers
+ * use it to run an app's sessions as savepoints inside a test's transaction.
+ */
+export type SessionFactory = (db: DbConnect, ctx: DbSessionCtx) => Promise<DbSession>;
+
+/**
  * The sessions of one unit of work (a request, a job, a test). An adapter creates one per
  * request, runs the request inside it with `run`, and calls `finish` when the outcome is known,
  * which may be from a callback outside the async scope (Express's `res.end`).
@@ -52,6 +58,24 @@ export class DbSessionCtx {
   readonly #resolved = new Set<DbSession>();
   #state: State = 'open';
   #finishing: Promise<void> | undefined;
+  /** @internal The context this one was opened in (a request's inside a test's, runInNewCtx's). */
+  readonly parent: DbSessionCtx | undefined;
+  /** @internal Makes this context's sessions; default `db.createSession()`. */
+  sessionFactory: SessionFactory | undefined;
+  /** @internal Makes the sessions of contexts opened inside this one (and is passed on to them). */
+  childFactory: SessionFactory | undefined;
+
+  /**
+   * A new, open context. `parent` is the context it is opened in, if any: a context opened inside
+   * a test's (`setTestContext`) makes its sessions inside the test's transaction.
+   */
+  constructor(parent?: DbSessionCtx) {
+    this.childFactory = parent?.childFactory;
+    // Only a test's descendants need to know their ancestors (see testing.ts); elsewhere a
+    // background context must not keep its request's context alive.
+    this.parent = this.childFactory === undefined ? undefined : parent;
+    this.sessionFactory = this.childFactory;
+  }
 
   /** True while no session has been asked for (or all were closed): finishing costs nothing. */
   get empty(): boolean {
@@ -95,10 +119,15 @@ export class DbSessionCtx {
         new SessionClosedError('dbSession() was called after its context finished (the request already ended).'),
       );
     }
-    const created = db.createSession();
+    const factory = this.sessionFactory;
+    const created = factory === undefined ? db.createSession() : factory(db, this);
     this.#sessions.set(db, created);
     created.then(
-      (session) => this.#resolved.add(session),
+      (session) => {
+        this.#resolved.add(session);
+        // Made while the context was open, ready after its finish began: refuse what comes now.
+        if (this.#state !== 'open') session.seal();
+      },
       () => {
         if (this.#sessions.get(db) === created) this.#sessions.delete(db);
       },
@@ -152,7 +181,9 @@ export class DbSessionCtx {
    */
   async closeSession(db: DbConnect): Promise<void> {
     const entry = this.#sessions.get(db);
-    if (entry === undefined) return;
+    // While finishing, the outcome is the context's to decide: closing now would roll back work
+    // that the finish is about to commit.
+    if (entry === undefined || this.#state !== 'open') return;
     this.#sessions.delete(db);
     const session = await settled(entry);
     if (session === undefined) return;
@@ -200,6 +231,7 @@ export class DbSessionCtx {
    * ```
    */
   async closeAll(): Promise<void> {
+    if (this.#state !== 'open') return this.#finishing;
     const sessions = await this.#settledSessions();
     this.#sessions.clear();
     this.#resolved.clear();
@@ -233,41 +265,43 @@ export class DbSessionCtx {
   }
 
   /**
-   * Commit or roll back every session by the same rule as `finish`, but leave them open and the
-   * context usable: for a context that outlives the unit of work (a test's, joined by requests).
-   * Rejects, after rolling back, only when it meant to commit and could not.
-   *
-   * @example
-   * ```ts
-   * await ctx.settle({ statusCode: 422 }); // rolled back; the sessions stay for the next request
-   * ```
+   * @internal Finish the context without touching its sessions (they stay with whoever holds
+   * them): no new session can be made in it, and no context opened inside it makes savepoints.
    */
-  async settle(options: FinishOptions = {}): Promise<void> {
-    await this.#settle(commits(options), options.beforeCommit);
-  }
-
-  async #settle(commit: boolean, beforeCommit: BeforeCommitCallback | undefined): Promise<void> {
-    try {
-      if (commit) await this.commitAll(beforeCommit);
-      else await this.rollbackAll();
-    } catch (err) {
-      await this.rollbackAll();
-      throw err;
-    }
+  seal(): void {
+    if (this.#state !== 'open') return;
+    this.#state = 'finished';
+    this.#finishing = Promise.resolve();
   }
 
   async #finish(options: FinishOptions): Promise<void> {
     this.#state = 'finishing';
-    const commit = commits(options);
-    // Rolling back (an error, a client gone): close now, before any await, so that work the
-    // handler is still sending fails at once instead of opening a transaction to be undone.
-    if (!commit) for (const session of this.#resolved) void session.close();
+    let commit = false;
+    let failure: unknown;
     try {
-      await this.#settle(commit, options.beforeCommit);
+      commit = commits(options);
+    } catch (err) {
+      failure = err; // a throwing commitOn: roll back, and report it as the failure
+    }
+    // From here on, new work on these sessions fails; work already queued runs before the end.
+    for (const session of this.#resolved) session.seal();
+    // Rolling back (an error, a client gone): end now, before any await.
+    if (!commit) for (const session of this.#resolved) void session.end(false);
+    let sessions: DbSession[] = [];
+    try {
+      sessions = await this.#settledSessions();
+      for (const session of sessions) session.seal();
+      if (commit) await commitSessions(sessions, options.beforeCommit);
+    } catch (err) {
+      failure = err;
     } finally {
       this.#state = 'finished';
-      await this.closeAll();
+      this.#sessions.clear();
+      this.#resolved.clear();
+      // After a commit these are no-ops; after a failure they roll back whatever is left.
+      await Promise.all(sessions.map((session) => session.end(false)));
     }
+    if (failure !== undefined) throw failure;
   }
 
   async #settledSessions(): Promise<DbSession[]> {
@@ -276,6 +310,28 @@ export class DbSessionCtx {
     const sessions = await Promise.all([...this.#sessions.values()].map(settled));
     return sessions.filter((session): session is DbSession => session !== undefined);
   }
+}
+
+/**
+ * Commit the sessions of a finishing context. With one session and no `beforeCommit` this is
+ * one COMMIT. With several, every `beforeCommit` runs first, then deferred constraints are
+ * checked on each, so the usual COMMIT failure (a deferred constraint) surfaces while all of them
+ * can still roll back; only a failure between two COMMITs (a crash, a lost connection) can leave
+ * one database committed and another not.
+ */
+async function commitSessions(sessions: DbSession[], beforeCommit: BeforeCommitCallback | undefined): Promise<void> {
+  if (beforeCommit !== undefined || sessions.length > 1) {
+    let open = 0;
+    for (const session of sessions) {
+      // Work queued before the finish decides whether a transaction is open.
+      await session.drain();
+      if (!session.inTransaction) continue;
+      open++;
+      if (beforeCommit !== undefined) await session.unsealedFor(() => beforeCommit(session));
+    }
+    if (open > 1) for (const session of sessions) await session.checkDeferred();
+  }
+  for (const session of sessions) await session.end(true);
 }
 
 function commits({ statusCode = 200, error, commitOn = defaultCommitOn }: FinishOptions): boolean {

@@ -11,12 +11,24 @@
  */
 export class ContextDbError extends Error {
   readonly code: string;
+  /**
+   * What went wrong in the database's or the driver's words (constraint names, hosts, sizes):
+   * for logs, never for a client. The message itself is safe to show.
+   */
+  readonly detail: string | undefined;
 
-  constructor(code: string, message: string, options?: ErrorOptions) {
-    super(message, options);
+  constructor(code: string, message: string, options: ContextDbErrorOptions = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
     this.name = new.target.name;
     this.code = code;
+    this.detail = options.detail;
   }
+}
+
+/** The cause and the log-only detail of a ContextDbError. */
+export interface ContextDbErrorOptions {
+  readonly cause?: unknown;
+  readonly detail?: string | undefined;
 }
 
 /** `dbSession()` and friends were called outside any context. */
@@ -66,14 +78,56 @@ export class TransactionAlreadyOpenError extends ContextDbError {
   }
 }
 
+/** What a failed COMMIT knows: why, in words, and the driver error, if any. */
+export interface CommitFailureOptions {
+  readonly reason?: string;
+  readonly cause?: unknown;
+}
+
+function detailOf({ reason, cause }: CommitFailureOptions): string | undefined {
+  return reason ?? (cause instanceof Error ? cause.message : cause === undefined ? undefined : String(cause));
+}
+
+/** `atomicDbSession()` was called inside another atomic block on the same session. */
+export class NestedAtomicBlockError extends ContextDbError {
+  constructor() {
+    super(
+      'NESTED_ATOMIC_BLOCK',
+      'atomicDbSession() was called inside another atomicDbSession() block on the same session: ' +
+        "committing or rolling back here would end the outer block's transaction half-way. Call the " +
+        'inner code directly to make it part of the outer block, or use runInNewCtx(fn) for a ' +
+        'transaction of its own.',
+    );
+  }
+}
+
 /**
  * COMMIT did not make the transaction durable: PostgreSQL rejected it (a deferred constraint,
- * a serialization failure, a lost connection) or answered ROLLBACK because an earlier statement
- * had already aborted the transaction. The data is not in the database.
+ * a serialization failure) or answered ROLLBACK because an earlier statement had already aborted
+ * the transaction. The data is not in the database. The message is safe to show a client; the
+ * database's own error (constraint names, values) is in `cause` and `detail`, for the logs.
  */
 export class CommitFailedError extends ContextDbError {
-  constructor(reason: string, options?: ErrorOptions) {
-    super('COMMIT_FAILED', `COMMIT failed, the transaction was rolled back: ${reason}`, options);
+  constructor(options: CommitFailureOptions = {}) {
+    super('COMMIT_FAILED', 'COMMIT failed: the transaction was rolled back and none of its changes were saved.', {
+      cause: options.cause,
+      detail: detailOf(options),
+    });
+  }
+}
+
+/**
+ * The connection was lost while COMMIT was on its way: PostgreSQL may have committed the
+ * transaction or not, and nobody can tell from here. Treat it as a failure (adapters answer 500)
+ * but do not assume the data is absent: make retried work idempotent, or check.
+ */
+export class CommitOutcomeUnknownError extends ContextDbError {
+  constructor(options: CommitFailureOptions = {}) {
+    super(
+      'COMMIT_OUTCOME_UNKNOWN',
+      'The connection to the database was lost during COMMIT: the transaction may or may not have been committed.',
+      { cause: options.cause, detail: detailOf(options) },
+    );
   }
 }
 
@@ -97,13 +151,20 @@ export class InvalidOptionsError extends ContextDbError {
 /**
  * No connection could be had for a session: the pool stayed full for its whole
  * `connectionTimeoutMillis`, or the server could not be reached. Carries `statusCode` 503, which
- * Fastify, Express and Koa use for the response: the request may be retried later.
+ * Fastify, Express and Koa use for the response: the request may be retried later. The message
+ * is safe to show a client; pool sizes, hosts and ports are in `detail` and `cause`.
  */
 export class DatabaseUnavailableError extends ContextDbError {
   readonly statusCode = 503;
   readonly status = 503;
 
-  constructor(code: 'POOL_EXHAUSTED' | 'DATABASE_UNREACHABLE', message: string, options?: ErrorOptions) {
-    super(code, message, options);
+  constructor(code: 'POOL_EXHAUSTED' | 'DATABASE_UNREACHABLE', options: ContextDbErrorOptions = {}) {
+    super(
+      code,
+      code === 'POOL_EXHAUSTED'
+        ? 'The database is busy: no connection became free in time. Try again later.'
+        : 'The database cannot be reached right now. Try again later.',
+      options,
+    );
   }
 }

@@ -21,7 +21,13 @@ export {
   rollbackDbSession,
   runInNewCtx,
 } from './api.js';
-export { type BeforeCreateSession, type CreatePool, DbConnect, type DbConnectOptions } from './connect.js';
+export {
+  type BeforeCreateSession,
+  type CreatePool,
+  DbConnect,
+  type DbConnectOptions,
+  RESET_SESSION_SQL,
+} from './connect.js';
 export {
   type BeforeCommitCallback,
   currentCtx,
@@ -33,12 +39,16 @@ export {
 } from './context.js';
 export {
   CommitFailedError,
+  type CommitFailureOptions,
+  CommitOutcomeUnknownError,
   ContextAlreadyInitiatedError,
   ContextDbError,
+  type ContextDbErrorOptions,
   ContextNotInitiatedError,
   DatabaseUnavailableError,
   DbConnectClosedError,
   InvalidOptionsError,
+  NestedAtomicBlockError,
   SessionClosedError,
   TransactionAlreadyOpenError,
 } from './errors.js';

@@ -1,5 +1,6 @@
+import { AsyncLocalStorage } from 'node:async_hooks';
 import type { PoolClient, QueryConfig, QueryResult, QueryResultRow } from 'pg';
-import { CommitFailedError, SessionClosedError } from './errors.js';
+import { CommitFailedError, CommitOutcomeUnknownError, NestedAtomicBlockError, SessionClosedError } from './errors.js';
 
 /**
  * Where a session gets its connection and which statements open and end its transactions. The
@@ -13,6 +14,12 @@ export interface SessionDriver {
   readonly beginSql: string;
   readonly commitSql: string;
   readonly rollbackSql: string;
+  /**
+   * Statements that clear what a session can leave on its connection (SET, temporary tables,
+   * advisory locks, LISTEN), sent in the same flight as the COMMIT or ROLLBACK that ends the
+   * session; empty for none.
+   */
+  readonly resetSql: string;
 }
 
 const DONE: Promise<void> = Promise.resolve();
@@ -23,6 +30,48 @@ function start<T>(op: () => Promise<T>): Promise<T> {
   } catch (err) {
     return Promise.reject(err);
   }
+}
+
+/** A statement error from the server leaves the connection usable; anything else may not have. */
+function connectionLost(err: unknown): boolean {
+  return (err as { severity?: unknown } | null)?.severity !== 'ERROR';
+}
+
+function sealedError(): SessionClosedError {
+  return new SessionClosedError("This session's context is finishing (the request has ended).");
+}
+
+type Lease = { live: boolean };
+
+// The sessions whose exclusive (atomic) blocks the calling code runs inside.
+const blocks = new AsyncLocalStorage<ReadonlySet<DbSession>>();
+
+/**
+ * The session's client as handed to callers of `client()`: the same `pg` client, but its
+ * `query` fails with `SessionClosedError` once the session gave the connection back, so that a
+ * kept reference cannot run inside the next request's transaction on that connection.
+ */
+function leasedClient(client: PoolClient, lease: Lease): PoolClient {
+  const query = (...args: unknown[]): unknown => {
+    if (lease.live) return (client.query as (...a: unknown[]) => unknown)(...args);
+    const err = new SessionClosedError('A client from session.client() was used after its session released it.');
+    const callback = args.findLast((arg) => typeof arg === 'function') as ((e: Error) => void) | undefined;
+    if (callback !== undefined) {
+      process.nextTick(callback, err);
+      return undefined;
+    }
+    if (typeof (args[0] as { submit?: unknown } | null)?.submit === 'function') throw err;
+    return Promise.reject(err);
+  };
+  // The session owns the connection: a release() from a query builder must not return it early.
+  const release = (): void => {};
+  return new Proxy(client, {
+    get(target, property) {
+      if (property === 'query') return query;
+      if (property === 'release') return release;
+      return Reflect.get(target, property, target);
+    },
+  });
 }
 
 /**
@@ -41,15 +90,25 @@ function start<T>(op: () => Promise<T>): Promise<T> {
 export class DbSession implements AsyncDisposable {
   readonly #driver: SessionDriver;
   #client: PoolClient | undefined;
+  #lease: Lease | undefined;
+  #leased: PoolClient | undefined;
   #inTransaction = false;
   #closed = false;
+  // The end() under way or done: a second call (a rollback racing a commit) waits for the same.
+  #ending: Promise<void> | undefined;
+  // Set when the owning context starts finishing: from then on only the context ends the session.
+  #sealed = false;
   #broken = false;
+  // The connection may carry session state (a transaction ran on it since the last reset).
+  #dirty = false;
   // node-postgres deprecates overlapping client.query() calls, so the session keeps its own
   // queue: every operation starts after the previous one settled, in call order. That is also
   // what makes two concurrent first queries share one connection.
   #tail: Promise<void> = DONE;
   /** Operations enqueued and not yet settled. */
   #pending = 0;
+  // An atomic block holds the session: work from outside it waits until it ends (resolves then).
+  #block: Promise<void> | undefined;
 
   readonly #onClientError = (): void => {
     // A checked-out pg client that loses its backend emits 'error'; unhandled, that would crash
@@ -91,6 +150,9 @@ export class DbSession implements AsyncDisposable {
     text: string | QueryConfig<unknown[]>,
     values?: readonly unknown[],
   ): Promise<QueryResult<R>> {
+    const wait = this.#outsideBlock();
+    if (wait !== undefined) return wait.then(() => this.query<R>(text, values));
+    if (this.#refused()) return Promise.reject(sealedError());
     return this.#enqueue(() => {
       const client = this.#client;
       // Mid-transaction: send it now, there is no BEGIN to wait for.
@@ -103,8 +165,10 @@ export class DbSession implements AsyncDisposable {
 
   /**
    * The session's `pg` client with its transaction begun, for query builders and ORMs that take
-   * a client. Do not release it: the session owns it. Queries sent on it directly bypass the
-   * session's queue, so await them before using `session.query` again.
+   * a client. The session owns it: its `release()` does nothing, and once the session gives the
+   * connection back (it closed, or its request ended) its `query` throws `SessionClosedError`.
+   * Queries sent on it directly bypass the session's queue, so await them before using
+   * `session.query` again.
    *
    * @example
    * ```ts
@@ -113,13 +177,24 @@ export class DbSession implements AsyncDisposable {
    * ```
    */
   client(): Promise<PoolClient> {
-    return this.#enqueue(() => this.#begun());
+    const wait = this.#outsideBlock();
+    if (wait !== undefined) return wait.then(() => this.client());
+    if (this.#refused()) return Promise.reject(sealedError());
+    return this.#enqueue(async () => {
+      const client = await this.#begun();
+      if (this.#leased === undefined) {
+        this.#lease = { live: true };
+        this.#leased = leasedClient(client, this.#lease);
+      }
+      return this.#leased;
+    });
   }
 
   /**
    * Commit the open transaction, if any; the connection stays with the session. Rejects with
    * `CommitFailedError` when PostgreSQL did not commit (a deferred constraint, a serialization
-   * failure, or a transaction an earlier error had already aborted).
+   * failure, or a transaction an earlier error had already aborted), and with
+   * `CommitOutcomeUnknownError` when the connection was lost before PostgreSQL answered.
    *
    * @example
    * ```ts
@@ -128,32 +203,20 @@ export class DbSession implements AsyncDisposable {
    * ```
    */
   commit(): Promise<void> {
-    return this.#enqueue(async () => {
+    const wait = this.#outsideBlock();
+    if (wait !== undefined) return wait.then(() => this.commit());
+    if (this.#refused()) return Promise.reject(sealedError());
+    return this.#enqueue(() => {
       this.#assertOpen();
-      const client = this.#client;
-      if (client === undefined || !this.#inTransaction) return;
-      this.#inTransaction = false;
-      let command: string;
-      try {
-        ({ command } = await client.query(this.#driver.commitSql));
-      } catch (err) {
-        throw new CommitFailedError(err instanceof Error ? err.message : String(err), {
-          cause: err,
-        });
-      }
-      // PostgreSQL answers COMMIT of an aborted transaction with ROLLBACK and no error.
-      if (command === 'ROLLBACK') {
-        throw new CommitFailedError(
-          'an earlier statement failed and aborted the transaction, so PostgreSQL rolled it back',
-        );
-      }
+      return this.#commitNow(false);
     });
   }
 
   /**
    * Roll back the open transaction, if any; the connection stays with the session. Never
-   * rejects, not for a closed session nor for a lost connection: PostgreSQL rolls back a transaction whose connection died, so
-   * the connection is discarded and the next query takes a fresh one.
+   * rejects, not for a closed session nor for a lost connection: PostgreSQL rolls back a
+   * transaction whose connection died, so the connection is discarded and the next query takes
+   * a fresh one. Once the session's context is finishing, the context decides: this does nothing.
    *
    * @example
    * ```ts
@@ -162,13 +225,16 @@ export class DbSession implements AsyncDisposable {
    * ```
    */
   rollback(): Promise<void> {
-    // On a closed session there is nothing left to roll back: close() already did.
-    return this.#enqueue(() => this.#rollbackNow());
+    const wait = this.#outsideBlock();
+    if (wait !== undefined) return wait.then(() => this.rollback());
+    if (this.#refused()) return DONE;
+    return this.#enqueue(() => this.#rollbackNow(false));
   }
 
   /**
    * Roll back whatever is uncommitted, give the connection back to the pool and mark the session
-   * closed; later use throws `SessionClosedError`. Safe to call twice; never rejects.
+   * closed; later use throws `SessionClosedError`. Safe to call twice; never rejects. Once the
+   * session's context is finishing, the context closes it: this does nothing.
    *
    * @example
    * ```ts
@@ -177,25 +243,129 @@ export class DbSession implements AsyncDisposable {
    * ```
    */
   close(): Promise<void> {
-    // Nothing queued and no transaction to roll back: release now.
-    if (this.#pending === 0 && !this.#inTransaction) {
-      if (!this.#closed) {
-        this.#closed = true;
-        this.#releaseClient(false);
-      }
-      return DONE;
-    }
-    return this.#enqueue(async () => {
-      if (this.#closed) return;
-      this.#closed = true;
-      await this.#rollbackNow();
-      this.#releaseClient(false);
-    });
+    const wait = this.#outsideBlock();
+    if (wait !== undefined) return wait.then(() => this.close());
+    if (this.#sealed) return DONE;
+    return this.end(false);
   }
 
   /** `await using session = await db.createSession()` closes the session at the end of scope. */
   [Symbol.asyncDispose](): Promise<void> {
     return this.close();
+  }
+
+  /**
+   * @internal For the owning context: refuse new work from now on (it fails with
+   * `SessionClosedError`); work already queued still runs, ahead of the context's `end()`.
+   */
+  seal(): void {
+    this.#sealed = true;
+  }
+
+  /**
+   * @internal For the owning context: run `fn` (a `beforeCommit` callback) with the session
+   * accepting work again, so the callback can query before the final COMMIT.
+   */
+  async unsealedFor(fn: () => void | Promise<void>): Promise<void> {
+    const sealed = this.#sealed;
+    this.#sealed = false;
+    try {
+      await fn();
+    } finally {
+      this.#sealed = sealed;
+    }
+  }
+
+  /**
+   * @internal Run `fn` (an atomic block) with the session to itself: work on the session from
+   * outside `fn` waits until it ends, so that neither a concurrent block nor a stray commit or
+   * rollback can end its transaction half-way. Blocks queue behind each other; a block begun
+   * before the session's context started finishing runs to its end.
+   */
+  async exclusive<R>(fn: () => Promise<R>): Promise<R> {
+    const inside = blocks.getStore();
+    if (inside?.has(this)) throw new NestedAtomicBlockError();
+    while (this.#block !== undefined) await this.#block;
+    if (this.#sealed) throw sealedError();
+    let ended!: () => void;
+    this.#block = new Promise<void>((resolve) => {
+      ended = resolve;
+    });
+    try {
+      return await blocks.run(new Set(inside).add(this), fn);
+    } finally {
+      this.#block = undefined;
+      ended();
+    }
+  }
+
+  /** @internal Resolves once the work queued so far (and any atomic block under way) has settled. */
+  drain(): Promise<void> {
+    const wait = this.#outsideBlock();
+    if (wait !== undefined) return wait.then(() => this.drain());
+    return this.#pending === 0 ? DONE : this.#enqueue(() => DONE);
+  }
+
+  /** When an atomic block holds the session and the caller is not inside it: the block's end. */
+  #outsideBlock(): Promise<void> | undefined {
+    const block = this.#block;
+    if (block === undefined || blocks.getStore()?.has(this)) return undefined;
+    return block;
+  }
+
+  /** New work is refused once the context is finishing, except inside a block begun before. */
+  #refused(): boolean {
+    return this.#sealed && this.#block === undefined;
+  }
+
+  /**
+   * @internal For the owning context, before committing several sessions: check deferred
+   * constraints now (`SET CONSTRAINTS ALL IMMEDIATE`), so that the usual COMMIT failure surfaces
+   * while every session can still roll back.
+   */
+  checkDeferred(): Promise<void> {
+    const wait = this.#outsideBlock();
+    if (wait !== undefined) return wait.then(() => this.checkDeferred());
+    return this.#enqueue(async () => {
+      const client = this.#client;
+      if (client === undefined || !this.#inTransaction || this.#closed) return;
+      try {
+        await client.query('SET CONSTRAINTS ALL IMMEDIATE');
+      } catch (err) {
+        throw new CommitFailedError({ cause: err });
+      }
+    });
+  }
+
+  /**
+   * @internal End the session after its queued work: commit (`commit` true) or roll back, reset
+   * the connection's session state in the same round trip, release it and mark the session
+   * closed. Rejects only when it meant to commit and could not; the connection is released then
+   * too.
+   */
+  end(commit: boolean): Promise<void> {
+    this.#sealed = true;
+    if (this.#ending !== undefined) return this.#ending;
+    // A commit lets an atomic block under way finish first; a rollback cuts it off.
+    const wait = commit ? this.#outsideBlock() : undefined;
+    if (wait !== undefined) return wait.then(() => this.end(true));
+    // Nothing queued and nothing sent on the connection since its last reset: release now.
+    if (this.#pending === 0 && !this.#inTransaction && !this.#dirty) {
+      this.#closed = true;
+      this.#releaseClient();
+      this.#ending = DONE;
+      return DONE;
+    }
+    this.#ending = this.#enqueue(async () => {
+      this.#closed = true;
+      try {
+        if (commit) await this.#commitNow(true);
+        else await this.#rollbackNow(true);
+      } finally {
+        this.#releaseClient();
+      }
+    });
+    return this.#ending;
   }
 
   #enqueue<T>(op: () => Promise<T>): Promise<T> {
@@ -218,6 +388,11 @@ export class DbSession implements AsyncDisposable {
   async #begun(): Promise<PoolClient> {
     this.#assertOpen();
     let client = this.#client;
+    // The connection died between transactions: nothing is lost, take a fresh one.
+    if (client !== undefined && this.#broken && !this.#inTransaction) {
+      this.#releaseClient();
+      client = undefined;
+    }
     if (client === undefined) {
       client = await this.#driver.acquire();
       client.on('error', this.#onClientError);
@@ -225,32 +400,93 @@ export class DbSession implements AsyncDisposable {
       this.#broken = false;
     }
     if (!this.#inTransaction) {
+      this.#dirty = this.#driver.resetSql !== '';
       await client.query(this.#driver.beginSql);
       this.#inTransaction = true;
     }
     return client;
   }
 
-  async #rollbackNow(): Promise<void> {
-    const client = this.#client;
-    if (client === undefined || !this.#inTransaction) return;
-    this.#inTransaction = false;
-    if (!this.#broken) {
-      try {
-        await client.query(this.#driver.rollbackSql);
-        return;
-      } catch {
-        // The connection is gone or unusable; PostgreSQL has dropped the transaction with it.
-      }
-    }
-    this.#releaseClient(true);
+  /** The final statement of a session carries the reset in the same simple-query flight. */
+  #withReset(sql: string, final: boolean): string {
+    const reset = this.#driver.resetSql;
+    return final && reset !== '' ? `${sql}; ${reset}` : sql;
   }
 
-  #releaseClient(destroy: boolean): void {
+  async #commitNow(final: boolean): Promise<void> {
+    const client = this.#client;
+    if (client === undefined) return;
+    if (!this.#inTransaction) {
+      if (final) await this.#reset(client);
+      return;
+    }
+    this.#inTransaction = false;
+    if (this.#broken) {
+      // Known before sending anything: the server dropped the transaction with the connection.
+      throw new CommitFailedError({ reason: 'the connection to the database was lost before COMMIT' });
+    }
+    let result: QueryResult | QueryResult[];
+    try {
+      result = (await client.query(this.#withReset(this.#driver.commitSql, final))) as QueryResult | QueryResult[];
+    } catch (err) {
+      if (connectionLost(err)) {
+        this.#broken = true;
+        throw new CommitOutcomeUnknownError({ cause: err });
+      }
+      // The transaction is gone (or, under a savepoint, must be rolled back); reset, then report.
+      await this.#send(client, this.#withReset(this.#driver.rollbackSql, final), final);
+      throw new CommitFailedError({ cause: err });
+    }
+    if (final) this.#dirty = false;
+    // PostgreSQL answers COMMIT of an aborted transaction with ROLLBACK and no error.
+    const first = Array.isArray(result) ? result[0] : result;
+    if (first?.command === 'ROLLBACK') {
+      throw new CommitFailedError({
+        reason: 'an earlier statement failed and aborted the transaction, so PostgreSQL rolled it back',
+      });
+    }
+  }
+
+  async #rollbackNow(final: boolean): Promise<void> {
+    const client = this.#client;
+    if (client === undefined) return;
+    if (!this.#inTransaction) {
+      if (final) await this.#reset(client);
+      return;
+    }
+    this.#inTransaction = false;
+    // A lost connection took the transaction with it; otherwise roll back (and reset if final).
+    if (!this.#broken) await this.#send(client, this.#withReset(this.#driver.rollbackSql, final), final);
+    if (this.#broken && !final) this.#releaseClient();
+  }
+
+  async #reset(client: PoolClient): Promise<void> {
+    if (!this.#dirty || this.#broken || this.#driver.resetSql === '') return;
+    await this.#send(client, this.#driver.resetSql, true);
+  }
+
+  /** Send a cleanup statement; a failure means the connection cannot be trusted again. */
+  async #send(client: PoolClient, sql: string, resets: boolean): Promise<void> {
+    try {
+      await client.query(sql);
+      if (resets) this.#dirty = false;
+    } catch {
+      this.#broken = true;
+    }
+  }
+
+  #releaseClient(): void {
     const client = this.#client;
     if (client === undefined) return;
     this.#client = undefined;
+    if (this.#lease !== undefined) this.#lease.live = false;
+    this.#lease = undefined;
+    this.#leased = undefined;
     client.off('error', this.#onClientError);
-    this.#driver.release(client, destroy || this.#broken);
+    // A connection that may still carry session state or a transaction is not given to anyone.
+    const unclean = this.#broken || this.#inTransaction || (this.#dirty && this.#driver.resetSql !== '');
+    this.#inTransaction = false;
+    this.#dirty = false;
+    this.#driver.release(client, unclean);
   }
 }

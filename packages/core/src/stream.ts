@@ -25,7 +25,8 @@ export function firstChunk(stream: Readable): Promise<void> {
     };
     const onReadable = (): void => settle();
     // Destroyed without an error and without data: nothing will ever come.
-    const onClose = (): void => settle(stream.errored ?? new Error('The response stream closed before its first chunk.'));
+    const onClose = (): void =>
+      settle(stream.errored ?? new Error('The response stream closed before its first chunk.'));
     stream.on('readable', onReadable);
     stream.once('error', settle);
     stream.once('close', onClose);

@@ -1,7 +1,16 @@
 import type { DbConnect } from './connect.js';
-import { DbSessionCtx, storage } from './context.js';
+import { DbSessionCtx, type SessionFactory, storage } from './context.js';
 import { ContextNotInitiatedError } from './errors.js';
 import { DbSession } from './session.js';
+
+// How the helpers make a test behave like production inside one rolled-back transaction:
+// - the test's context (setTestContext) holds one session per database, the "base";
+// - every context opened inside it (each request, runInNewCtx) and every newNonCtxSession gets
+//   sessions of its own that run as savepoints on that base, so a request's commit is a RELEASE
+//   (after checking deferred constraints, as a COMMIT would) and its rollback a ROLLBACK TO;
+// - savepoints on one connection nest, they cannot interleave, so a base serves one context at a
+//   time: a second request waits for the first to end, while work a context starts inside itself
+//   (runInNewCtx from a handler) nests in its savepoint instead of waiting for it.
 
 /**
  * Run `fn` with a session whose work is always rolled back at the end, for a test that wants
@@ -25,14 +34,19 @@ export async function rollbackSession<R>(db: DbConnect, fn: (session: DbSession)
 }
 
 export interface TestContextOptions {
-  /** Close (roll back and release) the sessions left in the context at the end; default true. */
+  /**
+   * Roll back and release the sessions left in the context at the end; default true. With
+   * false they are left to the caller to close. Either way the context is finished: code that
+   * runs after the test cannot use it.
+   */
   readonly autoClose?: boolean;
 }
 
 /**
- * Run `fn` inside a context, the way a request would. Adapters do not open a context of their
- * own when one is already open, so an app driven from `fn` (`app.inject()`, a request over
- * loopback) uses this one.
+ * Run `fn` inside a context, the way a request would. Requests the app serves from inside `fn`
+ * (`app.inject()`, a request over loopback), `runInNewCtx` and `newNonCtxSession` get sessions of
+ * their own that are savepoints in this context's transaction: each request commits or rolls back
+ * its own savepoint, and whatever this context leaves open is rolled back at the end.
  *
  * @example
  * ```ts
@@ -46,19 +60,25 @@ export async function setTestContext<R>(
   { autoClose = true }: TestContextOptions = {},
 ): Promise<R> {
   const ctx = new DbSessionCtx();
+  ctx.childFactory = savepointsOn(ctx);
   try {
     return await ctx.run(fn);
   } finally {
-    if (autoClose) await ctx.closeAll();
+    // Finished, not only closed: a request or job still running after the test must fail with
+    // SessionClosedError instead of taking a connection nobody will release.
+    if (autoClose) await ctx.finish({ error: TEST_ENDED });
+    else ctx.seal();
   }
 }
 
-let savepointCounter = 0;
+const TEST_ENDED = new Error('the test context ended');
 
 /**
  * Put into the current context, for `db`, a session that runs on `session`'s connection inside
  * its transaction: the app's BEGIN / COMMIT / ROLLBACK become SAVEPOINT / RELEASE / ROLLBACK TO.
  * The app's commits stay inside the test's transaction, which `rollbackSession` rolls back.
+ * `closeDbSession(db)` inside `fn` closes that savepoint session; the next `dbSession(db)` gets a
+ * new one on the same connection, never a connection of its own.
  *
  * @example
  * ```ts
@@ -76,19 +96,99 @@ export async function putSavepointSessionInCtx<R>(
 ): Promise<R> {
   const ctx = storage.getStore();
   if (ctx === undefined) throw new ContextNotInitiatedError('putSavepointSessionInCtx()');
-  const name = `context_db_sp_${++savepointCounter}`;
-  const savepointSession = new DbSession({
-    acquire: () => session.client(),
-    release: () => {},
-    beginSql: `SAVEPOINT ${name}`,
-    commitSql: `RELEASE SAVEPOINT ${name}`,
-    rollbackSql: `ROLLBACK TO SAVEPOINT ${name}; RELEASE SAVEPOINT ${name}`,
-  });
-  const remove = ctx.putSession(db, savepointSession);
+  const own = ctx.sessionFactory;
+  const child = ctx.childFactory;
+  ctx.sessionFactory = (target, owner) => {
+    if (target === db) return Promise.resolve(savepointSession(session, owner));
+    return own === undefined ? target.createSession() : own(target, owner);
+  };
+  ctx.childFactory ??= savepointsOn(ctx);
   try {
     return await fn();
   } finally {
-    remove();
-    await savepointSession.close();
+    ctx.sessionFactory = own;
+    ctx.childFactory = child;
+    await ctx.closeSession(db);
   }
+}
+
+/** Sessions for contexts opened inside `ctx`: savepoints on `ctx`'s own session for each database. */
+function savepointsOn(ctx: DbSessionCtx): SessionFactory {
+  return async (db, owner) => savepointSession(await ctx.getSession(db), owner);
+}
+
+let savepointCounter = 0;
+
+function savepointSession(base: DbSession, owner: DbSessionCtx): DbSession {
+  const name = `context_db_sp_${++savepointCounter}`;
+  const turn = turnFor(base);
+  return new DbSession({
+    acquire: async () => {
+      await turn.enter(owner);
+      try {
+        return await base.client();
+      } catch (err) {
+        turn.leave(owner);
+        throw err;
+      }
+    },
+    release: () => turn.leave(owner),
+    beginSql: `SAVEPOINT ${name}`,
+    // A COMMIT checks deferred constraints; so does this, then restores their deferred mode for
+    // the rest of the test's transaction.
+    commitSql:
+      `SAVEPOINT ${name}_check; SET CONSTRAINTS ALL IMMEDIATE; ROLLBACK TO SAVEPOINT ${name}_check; ` +
+      `RELEASE SAVEPOINT ${name}_check; RELEASE SAVEPOINT ${name}`,
+    rollbackSql: `ROLLBACK TO SAVEPOINT ${name}; RELEASE SAVEPOINT ${name}`,
+    resetSql: '',
+  });
+}
+
+/**
+ * Whose turn it is on a base session's connection. A context may enter while the holder is
+ * itself or one of its ancestors (its savepoint nests inside theirs); any other waits in order.
+ */
+class Turn {
+  readonly #holders: DbSessionCtx[] = [];
+  readonly #waiting: Array<{ owner: DbSessionCtx; enter: () => void }> = [];
+
+  enter(owner: DbSessionCtx): Promise<void> {
+    if (this.#mayEnter(owner)) {
+      this.#holders.push(owner);
+      return Promise.resolve();
+    }
+    return new Promise((resolve) => {
+      this.#waiting.push({ owner, enter: resolve });
+    });
+  }
+
+  leave(owner: DbSessionCtx): void {
+    const index = this.#holders.lastIndexOf(owner);
+    if (index >= 0) this.#holders.splice(index, 1);
+    for (let next = this.#waiting[0]; next !== undefined && this.#mayEnter(next.owner); next = this.#waiting[0]) {
+      this.#waiting.shift();
+      this.#holders.push(next.owner);
+      next.enter();
+    }
+  }
+
+  #mayEnter(owner: DbSessionCtx): boolean {
+    return this.#holders.length === 0 || this.#holders.some((holder) => descends(owner, holder));
+  }
+}
+
+function descends(ctx: DbSessionCtx | undefined, ancestor: DbSessionCtx): boolean {
+  for (let at = ctx; at !== undefined; at = at.parent) if (at === ancestor) return true;
+  return false;
+}
+
+const turns = new WeakMap<DbSession, Turn>();
+
+function turnFor(base: DbSession): Turn {
+  let turn = turns.get(base);
+  if (turn === undefined) {
+    turn = new Turn();
+    turns.set(base, turn);
+  }
+  return turn;
 }

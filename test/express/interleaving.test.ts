@@ -10,60 +10,67 @@ import { activity, checkedOut, createTable, eventually, testDb, texts } from '..
 import { deferred, listen, majors, request } from '../fixtures/express.js';
 
 for (const { name, express } of majors) {
-  t.test(`${name}: a request released from a gate by another request's handler runs in its own context`, async (t) => {
-    const { db, appName } = testDb(t);
-    const table = await createTable(t);
-    const parked: Array<() => void> = [];
-    let isParked = deferred();
-    let parkedDone = deferred();
+  for (const gateAt of ['after', 'before'] as const) {
+    t.test(
+      `${name}: a request released from a gate ${gateAt} contextDb() by another request's handler runs in its own context`,
+      async (t) => {
+        const { db, appName } = testDb(t);
+        const table = await createTable(t);
+        const parked: Array<() => void> = [];
+        let isParked = deferred();
+        let parkedDone = deferred();
 
-    const app = express();
-    app.set('env', 'test');
-    app.use(contextDb({ db }));
-    // The gate holds a request's next() until some other request opens it.
-    app.use((req: Request, _res: Response, next: NextFunction) => {
-      if (req.query.park === undefined) return next();
-      parked.push(next);
-      isParked.resolve();
-    });
-    // Behind a nested router, as routes usually are.
-    const router = express.Router();
-    router.post('/:name/:status', (req: Request, res: Response, next: NextFunction) => {
-      const { name, status } = req.params as { name: string; status: string };
-      (async () => {
-        await (await dbSession(db)).query(`INSERT INTO ${table} (text) VALUES ($1)`, [name]);
-        if (req.query.park !== undefined) parkedDone.resolve();
-        else {
-          // Open the gate from this request's handler, then wait until the parked request wrote.
-          for (const release of parked.splice(0)) release();
-          await parkedDone.promise;
+        const app = express();
+        app.set('env', 'test');
+        // The gate holds a request's next() until some other request opens it.
+        const gate = (req: Request, _res: Response, next: NextFunction) => {
+          if (req.query.park === undefined) return next();
+          parked.push(next);
+          isParked.resolve();
+        };
+        // Before contextDb(), the parked request opens its context inside the releaser's.
+        if (gateAt === 'before') app.use(gate, contextDb({ db }));
+        else app.use(contextDb({ db }), gate);
+        // Behind a nested router, as routes usually are.
+        const router = express.Router();
+        router.post('/:name/:status', (req: Request, res: Response, next: NextFunction) => {
+          const { name, status } = req.params as { name: string; status: string };
+          (async () => {
+            await (await dbSession(db)).query(`INSERT INTO ${table} (text) VALUES ($1)`, [name]);
+            if (req.query.park !== undefined) parkedDone.resolve();
+            else {
+              // Open the gate from this request's handler, then wait until the parked request wrote.
+              for (const release of parked.splice(0)) release();
+              await parkedDone.promise;
+            }
+            res.status(Number(status)).json({ name });
+          })().catch(next);
+        });
+        app.use('/r', router);
+        const url = await listen(t, app);
+
+        for (const [parkedStatus, releaserStatus] of [
+          [200, 500],
+          [500, 200],
+        ]) {
+          isParked = deferred();
+          parkedDone = deferred();
+          const parkedReply = request(`${url}/r/parked-${parkedStatus}/${parkedStatus}?park`);
+          await isParked.promise;
+          const releaserReply = request(`${url}/r/releaser-${releaserStatus}/${releaserStatus}`);
+          t.equal((await parkedReply).status, parkedStatus);
+          t.equal((await releaserReply).status, releaserStatus);
         }
-        res.status(Number(status)).json({ name });
-      })().catch(next);
-    });
-    app.use('/r', router);
-    const url = await listen(t, app);
-
-    for (const [parkedStatus, releaserStatus] of [
-      [200, 500],
-      [500, 200],
-    ]) {
-      isParked = deferred();
-      parkedDone = deferred();
-      const parkedReply = request(`${url}/r/parked-${parkedStatus}/${parkedStatus}?park`);
-      await isParked.promise;
-      const releaserReply = request(`${url}/r/releaser-${releaserStatus}/${releaserStatus}`);
-      t.equal((await parkedReply).status, parkedStatus);
-      t.equal((await releaserReply).status, releaserStatus);
-    }
-    t.same(
-      (await texts(table)).sort(),
-      ['parked-200', 'releaser-200'],
-      "each request's row committed or rolled back with its own status",
+        t.same(
+          (await texts(table)).sort(),
+          ['parked-200', 'releaser-200'],
+          "each request's row committed or rolled back with its own status",
+        );
+        t.ok(await eventually(() => checkedOut(db) === 0));
+        t.equal((await activity(appName)).idleInTransaction, 0);
+      },
     );
-    t.ok(await eventually(() => checkedOut(db) === 0));
-    t.equal((await activity(appName)).idleInTransaction, 0);
-  });
+  }
 
   t.test(`${name}: an error passed to a parked next() reaches the error handlers in its own request`, async (t) => {
     const { db } = testDb(t);

@@ -30,7 +30,8 @@ type Method = (...args: unknown[]) => unknown;
 // Where a request's response stands. 'open': the app has not started it. 'deciding': the app
 // wrote or ended it and RequestCtx.end() runs; the app's calls are queued. 'through': the
 // outcome stands (or the route opted out), calls go straight to Node. 'replaced': a commit
-// failed and a 500 was sent instead; the app's calls are dropped.
+// failed (or an error rolled back under a success head the app had fixed) and a 500 was sent or
+// the connection cut instead; the app's calls are dropped.
 type Phase = 'open' | 'deciding' | 'through' | 'replaced';
 
 const links = new WeakMap<Request, RequestLink>();

@@ -1,12 +1,12 @@
 // README "Guarantees": what the client is told matches what the database holds, for responses
 // beyond a plain 200 with a body: HEAD, 204, 304, a response the app destroys, an error handler
-// that throws.
+// that throws, a timeout middleware that answers before the handler.
 import { dbSession } from '@context-db/core';
 import { contextDb } from '@context-db/express';
 import type { NextFunction, Request, Response } from 'express';
 import t from 'tap';
 import { activity, admin, checkedOut, createTable, eventually, testDb, texts } from '../fixtures/db.js';
-import { listen, majors, request } from '../fixtures/express.js';
+import { deferred, listen, majors, request } from '../fixtures/express.js';
 
 for (const { name, express } of majors) {
   const route =
@@ -102,6 +102,43 @@ for (const { name, express } of majors) {
     const url = await listen(t, app);
     t.equal((await request(url)).status, 500);
     t.same(await texts(table), []);
+    t.ok(await eventually(() => checkedOut(db) === 0));
+    t.equal((await activity(appName)).idleInTransaction, 0);
+  });
+
+  t.test(`${name}: a timeout middleware's 503 rolls back the handler's writes, before and after it`, async (t) => {
+    const { db, appName } = testDb(t);
+    const table = await createTable(t);
+    const timedOut = deferred();
+    const late = deferred<unknown>();
+    const app = express();
+    app.set('env', 'test');
+    app.use(contextDb({ db }));
+    // As connect-timeout does: answer 503 if the handler has not answered in time.
+    app.use((_req: Request, res: Response, next: NextFunction) => {
+      setTimeout(() => {
+        if (!res.headersSent) res.status(503).json({ error: 'timeout' });
+        timedOut.resolve();
+      }, 50);
+      next();
+    });
+    app.post(
+      '/',
+      route(async (_req, res) => {
+        const session = await dbSession(db);
+        await session.query(`INSERT INTO ${table} (text) VALUES ('before the timeout')`);
+        await timedOut.promise;
+        await session.query(`INSERT INTO ${table} (text) VALUES ('after the timeout')`).then(
+          () => late.resolve('reported done'),
+          (err: unknown) => late.resolve(err),
+        );
+        res.json({ late: true });
+      }),
+    );
+    const url = await listen(t, app);
+    t.equal((await request(url)).status, 503);
+    t.match(await late.promise, { code: 'SESSION_CLOSED' }, 'the late write fails');
+    t.same(await texts(table), [], 'nothing of the timed-out request is committed');
     t.ok(await eventually(() => checkedOut(db) === 0));
     t.equal((await activity(appName)).idleInTransaction, 0);
   });

@@ -3,7 +3,7 @@
 import { DbConnect } from '@context-db/core';
 import fc from 'fast-check';
 import pg from 'pg';
-import { modelProperty } from '../fixtures/model.js';
+import { createModelTable, modelProperty } from '../fixtures/model.js';
 
 export interface ModelRunReport {
   readonly runs: number;
@@ -18,7 +18,7 @@ export async function runModel(url: string, runs: number, seed: number): Promise
   const appName = `context_db_chaos_${process.pid}_model`;
   const table = `chaos_${process.pid}_model`;
   const admin = new pg.Pool({ connectionString: url, max: 2, application_name: 'context_db_chaos_admin' });
-  await admin.query(`CREATE TABLE ${table} (id serial PRIMARY KEY, text text NOT NULL)`);
+  await createModelTable(admin, table);
   const db = new DbConnect({ connectionString: url, poolConfig: { max: 16, application_name: appName } });
   const started = Date.now();
   try {

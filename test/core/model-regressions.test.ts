@@ -1,9 +1,15 @@
 // Counterexamples found by the model-based interleaving test (test/core/model.test.ts), each
 // turned into a plain scenario. The comment above each test gives the shortest sequence fast-check
 // shrank it to ("&" = not awaited before the next step).
-
 import { setTimeout as sleep } from 'node:timers/promises';
-import { atomicDbSession, commitDbSession, type DbSession, DbSessionCtx, dbSession } from '@context-db/core';
+import {
+  atomicDbSession,
+  commitDbSession,
+  type DbSession,
+  DbSessionCtx,
+  dbSession,
+  rollbackDbSession,
+} from '@context-db/core';
 import t, { type Test } from 'tap';
 import { activity, checkedOut, createTable, eventually, testDb, texts } from '../fixtures/db.js';
 
@@ -119,21 +125,74 @@ t.test("commitDbSession while an atomic block runs does not commit the block's h
   await settledClean();
 });
 
+// c0: atomic(commit, 1 insert) &; rollback; end(200)
+t.test(
+  'rollbackDbSession while an atomic block runs does not undo work the block then reports committed',
+  async (t) => {
+    const { db, table, insert, settledClean } = await setup(t);
+    const ctx = new DbSessionCtx();
+    const inserted = gate();
+    const park = gate();
+    const block = ctx.run(() =>
+      atomicDbSession(db, async (session) => {
+        await insert(session, 'block');
+        inserted.open();
+        await park.opened;
+      }),
+    );
+    await inserted.opened;
+    // Rolling back may wait for the block, or be refused: give it a moment, without waiting for it.
+    const rollingBack = ctx.run(() => rollbackDbSession(db));
+    await Promise.race([rollingBack, sleep(200)]);
+    park.open();
+    const outcome = await block.then(
+      () => 'resolved',
+      (err: { code?: string }) => err.code ?? String(err),
+    );
+    await rollingBack;
+    await ctx.finish({ statusCode: 200 });
+    const rows = await texts(table);
+    t.equal(
+      rows.includes('block'),
+      outcome === 'resolved',
+      `the block ${outcome === 'resolved' ? 'resolved' : `rejected (${outcome})`}; its row is ${rows.includes('block') ? 'committed' : 'absent'}`,
+    );
+    await settledClean();
+  },
+);
+
 // c0: atomic(commit, 1 insert) &; atomic(commit, 0 inserts, throws) &; end(200) &
 t.test("two atomic blocks started together on one session: the second's rollback keeps the first's rows", async (t) => {
   const { db, table, insert, settledClean } = await setup(t);
   const ctx = new DbSessionCtx();
-  const [first, second] = await ctx.run(() =>
-    Promise.allSettled([
-      atomicDbSession(db, (session) => insert(session, 'first')),
-      atomicDbSession(db, async () => {
-        throw new Error('the second block fails');
-      }),
-    ]),
+  const inserted = gate();
+  const park = gate();
+  const first = ctx.run(() =>
+    atomicDbSession(db, async (session) => {
+      await insert(session, 'first');
+      inserted.open();
+      await park.opened;
+    }),
   );
+  await inserted.opened;
+  // 'append' makes the model's race deterministic: interleaved, the second block joins the first
+  // one's open transaction and its rollback undoes the first block's row.
+  const second = ctx.run(() =>
+    atomicDbSession(
+      db,
+      async () => {
+        throw new Error('the second block fails');
+      },
+      { currentTransaction: 'append' },
+    ),
+  );
+  // The second block may wait for the first or run at once: give it a moment, without waiting.
+  await Promise.race([second.catch(() => {}), sleep(200)]);
+  park.open();
+  const [firstOutcome, secondOutcome] = await Promise.allSettled([first, second]);
   await ctx.finish({ statusCode: 200 });
-  t.equal(first.status, 'fulfilled', 'the first block resolved');
-  t.equal(second.status, 'rejected', 'the second block failed');
+  t.equal(firstOutcome.status, 'fulfilled', 'the first block resolved');
+  t.equal(secondOutcome.status, 'rejected', 'the second block failed');
   t.same(await texts(table), ['first'], "the first block's row is committed");
   await settledClean();
 });

@@ -6,17 +6,19 @@
 // chaos` runs it longer through test/chaos/model.ts).
 import fc from 'fast-check';
 import t from 'tap';
-import { admin, createTable, testDb } from '../fixtures/db.js';
-import { check, type InsertRec, modelProperty, type OpRec, type Trace } from '../fixtures/model.js';
+import { admin, testDb, uniqueName } from '../fixtures/db.js';
+import { check, createModelTable, type InsertRec, modelProperty, type OpRec, type Trace } from '../fixtures/model.js';
 
-const numRuns = Number(process.env.CONTEXT_DB_MODEL_RUNS ?? 300);
+const numRuns = Number(process.env.CONTEXT_DB_MODEL_RUNS ?? 500);
 const seed = Number(process.env.CONTEXT_DB_MODEL_SEED ?? 20261125);
 
 t.test(
   `interleaved contexts agree with the model: reported work committed exactly by its outcome, late work refused, nothing leaked (${numRuns} runs, seed ${seed})`,
   async (t) => {
     const { db, appName } = testDb(t, { max: 16 });
-    const table = await createTable(t);
+    const table = uniqueName('model');
+    await createModelTable(admin, table);
+    t.teardown(() => admin.query(`DROP TABLE IF EXISTS ${table}`));
     const started = Date.now();
     const result = await fc.check(modelProperty({ db, appName, table, admin }), { numRuns, seed, endOnFailure: false });
     t.comment(`${result.numRuns} runs in ${((Date.now() - started) / 1000).toFixed(1)} s`);

@@ -1,6 +1,6 @@
-// The other test style of the seed: the app joins the test's context and runs on a savepoint
-// session inside the test's transaction, so the test sees the app's writes on its own session and
-// everything is rolled back at the end. The plugin opens no context of its own here.
+// The other test style of the seed: inside the test's context each request gets a context of its
+// own whose sessions are savepoints in the test's transaction, so the test sees the app's writes
+// on its own session and everything is rolled back at the end.
 import { type DbSession, dbSession } from '@context-db/core';
 import { putSavepointSessionInCtx, rollbackSession, setTestContext } from '@context-db/core/testing';
 import type { FastifyInstance } from 'fastify';
@@ -64,19 +64,23 @@ t.test('GET /rows reads what the test inserted, through the shared transaction',
   t.same(await texts(table), []);
 });
 
-t.test('the request joins the test context instead of opening its own', async (t) => {
+t.test("a request in a test's context gets a session of its own, inside the test's transaction", async (t) => {
   const testdb = testDb(t);
   const table = await createTable(t);
   const app = exampleApp(t, testdb.db, table);
   let inRequest: DbSession | undefined;
-  app.get('/whoami', async () => {
+  app.post('/whoami', async () => {
     inRequest = await dbSession(testdb.db);
+    await inRequest.query(`INSERT INTO ${table} (text) VALUES ('from-request')`);
     return {};
   });
-  await setTestContext(async () => {
+  await inTestTransaction(testdb, async (session) => {
     const outside = await dbSession(testdb.db);
-    await app.inject({ method: 'GET', url: '/whoami' });
-    t.equal(inRequest, outside, 'the same session object as the test');
-    t.notOk(outside.closed, 'and the request did not close it');
+    t.equal((await app.inject({ method: 'POST', url: '/whoami' })).statusCode, 200);
+    t.not(inRequest, outside, 'not the test session: two requests in one test do not share one');
+    t.notOk(outside.closed, 'and the request left the test session open');
+    t.same(await tableTexts(session, table), ['from-request'], "the request's write, seen by the test");
+    t.equal(checkedOut(testdb.db), 1, 'on the test connection');
   });
+  t.same(await texts(table), [], 'nothing survives the test');
 });

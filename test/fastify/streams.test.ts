@@ -1,0 +1,146 @@
+// A streamed body decides the outcome by what the stream does before its first byte: a stream
+// that fails first rolls back and answers the error; one that produces data commits before that
+// data is written. After the first byte the status is on the wire: a later stream error can only
+// be logged (Fastify does), and the commit stands.
+import { createReadStream } from 'node:fs';
+import net, { type AddressInfo } from 'node:net';
+import { Readable } from 'node:stream';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { DbConnect } from '@context-db/core';
+import t, { type Test } from 'tap';
+import { activity, checkedOut, createTable, eventually, testDb, texts } from '../fixtures/db.js';
+import { logCapture, probeApp } from '../fixtures/fastify.js';
+
+/** A probe app whose GET /stream inserts `text` and then sends the body `makeBody()` returns. */
+function streamApp(t: Test, db: DbConnect, table: string, makeBody: () => Readable) {
+  const { logger, lines } = logCapture();
+  const app = probeApp(t, db, table, {}, { logger });
+  app.get<{ Querystring: { text: string } }>('/stream', async (request, reply) => {
+    await (await request.db.session()).query(`INSERT INTO ${table} (text) VALUES ($1)`, [request.query.text]);
+    return reply.type('text/plain').send(makeBody());
+  });
+  return { app, lines };
+}
+
+async function nothingHeld(t: Test, db: DbConnect, appName: string): Promise<void> {
+  t.ok(await eventually(() => checkedOut(db) === 0), 'no connection checked out');
+  t.equal((await activity(appName)).idleInTransaction, 0, 'nothing idle in transaction');
+}
+
+t.test('a file stream that fails before its first byte (a missing file) rolls back', async (t) => {
+  const { db, appName } = testDb(t);
+  const table = await createTable(t);
+  const { app } = streamApp(t, db, table, () => createReadStream(`/nonexistent/${table}.txt`));
+  const res = await app.inject({ method: 'GET', url: '/stream?text=missing-file' });
+  t.equal(res.statusCode, 500, res.body);
+  t.match(res.json(), { code: 'ENOENT' }, "the response is the stream's error");
+  t.same(await texts(table), [], 'the row is rolled back');
+  await nothingHeld(t, db, appName);
+});
+
+t.test('a generator stream that throws before its first yield rolls back', async (t) => {
+  const { db, appName } = testDb(t);
+  const table = await createTable(t);
+  const { app } = streamApp(t, db, table, () =>
+    Readable.from(
+      (async function* () {
+        await sleep(10);
+        throw new Error('the export failed before any row');
+        // biome-ignore lint/correctness/noUnreachable: a generator that never yields
+        yield 'never';
+      })(),
+    ),
+  );
+  const res = await app.inject({ method: 'GET', url: '/stream?text=failed-generator' });
+  t.equal(res.statusCode, 500);
+  t.equal(res.json().message, 'the export failed before any row');
+  t.same(await texts(table), [], 'the row is rolled back');
+  await nothingHeld(t, db, appName);
+});
+
+t.test('a stream that produces its first chunk commits, and sends all of it', async (t) => {
+  const { db, appName } = testDb(t);
+  const table = await createTable(t);
+  const { app } = streamApp(t, db, table, () =>
+    Readable.from(
+      (async function* () {
+        await sleep(10);
+        yield 'chunk-1,';
+        yield 'chunk-2';
+      })(),
+    ),
+  );
+  const res = await app.inject({ method: 'GET', url: '/stream?text=streamed' });
+  t.equal(res.statusCode, 200);
+  t.equal(res.body, 'chunk-1,chunk-2');
+  t.same(await texts(table), ['streamed']);
+  await nothingHeld(t, db, appName);
+});
+
+t.test('an empty stream commits', async (t) => {
+  const { db, appName } = testDb(t);
+  const table = await createTable(t);
+  const { app } = streamApp(t, db, table, () => Readable.from([]));
+  const res = await app.inject({ method: 'GET', url: '/stream?text=empty' });
+  t.equal(res.statusCode, 200);
+  t.equal(res.body, '');
+  t.same(await texts(table), ['empty']);
+  await nothingHeld(t, db, appName);
+});
+
+t.test('a stream error after the first byte keeps the commit and is logged', async (t) => {
+  const { db, appName } = testDb(t);
+  const table = await createTable(t);
+  const { app, lines } = streamApp(t, db, table, () =>
+    Readable.from(
+      (async function* () {
+        yield 'chunk-1,';
+        await sleep(10);
+        throw new Error('the export failed half-way');
+      })(),
+    ),
+  );
+  // The head (200) went out with the first chunk: the client sees a cut response, not a status.
+  const res = await app.inject({ method: 'GET', url: '/stream?text=half-streamed' }).catch(() => undefined);
+  if (res !== undefined) t.equal(res.statusCode, 200, 'the status that went out with the first byte');
+  t.same(await texts(table), ['half-streamed'], 'committed before the first byte, as the 200 said');
+  t.ok(
+    await eventually(() => lines.some((line) => line.err?.message === 'the export failed half-way')),
+    "Fastify logged the stream's error",
+  );
+  await nothingHeld(t, db, appName);
+});
+
+t.test('a client that goes away while a stream has not produced its first chunk rolls back at once', async (t) => {
+  const { db, appName } = testDb(t);
+  const table = await createTable(t);
+  let destroyed = false;
+  const { app } = streamApp(
+    t,
+    db,
+    table,
+    () =>
+      new Readable({
+        read() {}, // a stream that never produces (an idle event stream)
+        destroy(err, callback) {
+          destroyed = true;
+          callback(err);
+        },
+      }),
+  );
+  await app.listen({ port: 0, host: '127.0.0.1' });
+  const { port } = app.server.address() as AddressInfo;
+  const socket = net.connect(port, '127.0.0.1');
+  socket.on('error', () => {});
+  await new Promise((resolve) => socket.once('connect', resolve));
+  socket.write('GET /stream?text=never-streamed HTTP/1.1\r\nhost: localhost\r\n\r\n');
+  t.ok(
+    await eventually(async () => (await activity(appName)).idleInTransaction === 1),
+    'the transaction is held while the stream has produced nothing',
+  );
+  socket.destroy();
+  t.ok(await eventually(() => checkedOut(db) === 0, 1000), 'released within 1 s of the abort');
+  t.ok(await eventually(() => destroyed), 'the held stream is destroyed');
+  t.same(await texts(table), [], 'rolled back');
+  await nothingHeld(t, db, appName);
+});

@@ -1,0 +1,158 @@
+// Nothing of one session reaches the next one through a pooled connection: not its settings, temp
+// tables, advisory locks or LISTENs (reset in the flight of its last COMMIT or ROLLBACK), not its
+// raw client (revoked on release), not its async context (connections open outside any request).
+import { currentCtx, DbConnect, type DbSession, DbSessionCtx, dbSession } from '@context-db/core';
+import t from 'tap';
+import { activity, admin, checkedOut, createTable, eventually, testDb } from '../fixtures/db.js';
+
+/** Run `fn` with the session of a fresh context, then finish it by `statusCode`. */
+async function inCtx<R>(db: DbConnect, statusCode: number, fn: (session: DbSession) => Promise<R>): Promise<R> {
+  const ctx = new DbSessionCtx();
+  const result = await ctx.run(async () => fn(await dbSession(db)));
+  await ctx.finish({ statusCode }).catch(() => {});
+  return result;
+}
+
+const pid = async (s: DbSession): Promise<number> =>
+  (await s.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0]?.pid ?? -1;
+
+const lockKey = 0x5e551;
+
+async function leaveState(session: DbSession, schema: string): Promise<number> {
+  await session.query(`SELECT set_config('app.tenant', 'tenant-a', false)`);
+  await session.query(`SET search_path = ${schema}, public`);
+  await session.query('CREATE TEMP TABLE leftover (secret text)');
+  await session.query(`INSERT INTO leftover VALUES ('tenant-a secret')`);
+  await session.query(`SELECT pg_advisory_lock(${lockKey})`);
+  await session.query('SET default_transaction_read_only = on');
+  await session.query('LISTEN tenant_a_events');
+  return pid(session);
+}
+
+async function stateSeen(session: DbSession) {
+  const { rows } = await session.query<{
+    tenant: string | null;
+    search_path: string;
+    temp: string | null;
+    read_only: string;
+    channels: string[];
+  }>(
+    `SELECT current_setting('app.tenant', true) AS tenant, current_setting('search_path') AS search_path,
+            to_regclass('pg_temp.leftover')::text AS temp, current_setting('default_transaction_read_only') AS read_only,
+            ARRAY(SELECT pg_listening_channels()) AS channels`,
+  );
+  return rows[0];
+}
+
+for (const statusCode of [200, 500]) {
+  t.test(`a request ended by ${statusCode} leaves no session state for the next one on its connection`, async (t) => {
+    const { db, appName } = testDb(t, { max: 1 });
+    const schema = `tenant_${Date.now()}_${statusCode}`;
+    await admin.query(`CREATE SCHEMA ${schema}`);
+    t.teardown(() => admin.query(`DROP SCHEMA ${schema} CASCADE`));
+    const firstPid = await inCtx(db, statusCode, (s) => leaveState(s, schema));
+    const { secondPid, seen } = await inCtx(db, 200, async (s) => ({
+      secondPid: await pid(s),
+      seen: await stateSeen(s),
+    }));
+    t.equal(secondPid, firstPid, 'the next request got the same connection');
+    t.match(seen, { tenant: /^$|^null$/, search_path: '"$user", public', temp: null, read_only: 'off', channels: [] });
+    const { rows } = await admin.query<{ locked: boolean }>(`SELECT pg_try_advisory_lock(${lockKey}) AS locked`);
+    t.equal(rows[0]?.locked, true, 'the advisory lock was let go');
+    await admin.query(`SELECT pg_advisory_unlock(${lockKey})`);
+    await inCtx(db, 200, (s) => s.query(`CREATE TEMP TABLE can_write (x int)`));
+    t.equal(checkedOut(db), 0);
+    t.equal((await activity(appName)).idleInTransaction, 0);
+  });
+}
+
+t.test('a session that committed early and ends without another query still resets its connection', async (t) => {
+  const { db } = testDb(t, { max: 1 });
+  await inCtx(db, 200, async (s) => {
+    await s.query(`SELECT set_config('app.tenant', 'tenant-a', false)`);
+    await s.commit();
+  });
+  const seen = await inCtx(db, 200, stateSeen);
+  t.match(seen, { tenant: /^$|^null$/ });
+});
+
+t.test('resetSession: false leaves session state on the connection (for apps that never set any)', async (t) => {
+  const { db } = testDb(t, { max: 1 }, { resetSession: false });
+  await inCtx(db, 200, (s) => s.query(`SELECT set_config('app.tenant', 'tenant-a', false)`));
+  t.match(await inCtx(db, 200, stateSeen), { tenant: 'tenant-a' });
+  t.throws(() => new DbConnect({ connectionString: 'postgres://x@127.0.0.1/x', resetSession: 'no' as never }), {
+    code: 'INVALID_OPTIONS',
+  });
+});
+
+t.test('a raw client from session.client() stops working once its session let the connection go', async (t) => {
+  const { db, appName } = testDb(t, { max: 1 });
+  const table = await createTable(t);
+  const kept = await inCtx(db, 200, async (s) => {
+    const client = await s.client();
+    await client.query(`INSERT INTO ${table} (text) VALUES ('own')`);
+    client.release(); // the session owns the connection: this must not give it back early
+    t.equal(checkedOut(db), 1, 'release() on the handed-out client does nothing');
+    return client;
+  });
+  // The next request holds the same connection, mid-transaction.
+  const ctx = new DbSessionCtx();
+  await ctx.run(async () => (await dbSession(db)).query(`INSERT INTO ${table} (text) VALUES ('next')`));
+  await t.rejects(kept.query(`DELETE FROM ${table}`), { code: 'SESSION_CLOSED' }, 'a kept client is refused');
+  await new Promise<void>((resolve) => {
+    kept.query(`DELETE FROM ${table}`, (err: Error | undefined) => {
+      t.match(err, { code: 'SESSION_CLOSED' }, 'callback style too');
+      resolve();
+    });
+  });
+  await ctx.finish({ statusCode: 200 });
+  const { rows } = await admin.query(`SELECT text FROM ${table} ORDER BY id`);
+  t.same(
+    rows.map((r) => r.text),
+    ['own', 'next'],
+    "the kept client never ran inside the next request's transaction",
+  );
+  t.equal((await activity(appName)).idleInTransaction, 0);
+});
+
+t.test("a pooled connection's callbacks do not run in the context of the request that opened it", async (t) => {
+  const { db } = testDb(t, { max: 1 });
+  const first = new DbSessionCtx();
+  await first.run(async () => (await dbSession(db)).query('SELECT 1')); // opens the connection
+  await first.finish();
+  const seen: Array<DbSessionCtx | undefined> = [];
+  await inCtx(db, 200, async (s) => {
+    const client = await s.client();
+    const onNotice = (): void => {
+      seen.push(currentCtx());
+    };
+    client.on('notice', onNotice);
+    await client.query(`DO $$ BEGIN RAISE NOTICE 'hello'; END $$`);
+    client.off('notice', onNotice);
+  });
+  t.equal(seen.length, 1);
+  t.not(seen[0], first, "the socket's callback is not in the first request's context");
+  t.equal(seen[0], undefined, 'it is in no context at all');
+});
+
+t.test('a long-lived session whose connection died between transactions takes a fresh one', async (t) => {
+  const { db } = testDb(t);
+  const session = await db.createSession();
+  t.teardown(() => session.close());
+  const before = await pid(session);
+  await session.commit();
+  await admin.query('SELECT pg_terminate_backend($1)', [before]);
+  t.ok(
+    await eventually(
+      async () => !(await admin.query('SELECT 1 FROM pg_stat_activity WHERE pid = $1', [before])).rowCount,
+    ),
+  );
+  await new Promise((resolve) => setTimeout(resolve, 50)); // let the client see its socket end
+  await session.rollback();
+  await session.commit();
+  const after = await pid(session);
+  t.not(after, before, 'the next query ran on a new connection');
+  await session.commit();
+  await session.close();
+  t.equal(checkedOut(db), 0);
+});

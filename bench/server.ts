@@ -18,6 +18,7 @@ export type ToChild = { readonly type: 'stop' } | { readonly type: 'cpu' };
 
 const builders: Readonly<Record<ServerName, (config: ServerConfig) => Promise<BenchServer>>> = {
   'fastify-context-db': fastifyContextDb,
+  'fastify-context-db-no-reset': (config) => fastifyContextDb(config, false),
   'fastify-plain': fastifyPlain,
   'fastify-postgres': fastifyPostgresTransact,
   'express-context-db': expressContextDb,

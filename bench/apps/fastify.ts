@@ -1,4 +1,4 @@
-// The Fastify variants: context-db's plugin, a hand-written transaction with no database plugin,
+// The Fastify variants: context-db's plugin (with and without the session reset), a hand-written transaction with no database plugin,
 // and @fastify/postgres with `transact: true`. Same routes, same pool size.
 import { DbConnect } from '@context-db/core';
 import { contextDbPlugin } from '@context-db/fastify';
@@ -26,8 +26,8 @@ function addPing(app: FastifyInstance): void {
   app.get('/ping', async () => ({ ok: true }));
 }
 
-export async function fastifyContextDb(config: ServerConfig): Promise<BenchServer> {
-  const db = new DbConnect({ poolConfig: poolConfig(config) });
+export async function fastifyContextDb(config: ServerConfig, resetSession = true): Promise<BenchServer> {
+  const db = new DbConnect({ poolConfig: poolConfig(config), resetSession });
   const sql = INSERT_SQL(config.table);
   const app = Fastify();
   await app.register(contextDbPlugin, { db });

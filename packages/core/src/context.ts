@@ -148,29 +148,6 @@ export class DbSessionCtx {
   }
 
   /**
-   * Put a session of the caller's making into the context for `db` (the testing helpers do);
-   * returns a function that takes it out again.
-   *
-   * @example
-   * ```ts
-   * const remove = ctx.putSession(db, savepointSession);
-   * try { await work(); } finally { remove(); }
-   * ```
-   */
-  putSession(db: DbConnect, session: DbSession): () => void {
-    const previous = this.#sessions.get(db);
-    const entry = Promise.resolve(session);
-    this.#sessions.set(db, entry);
-    this.#resolved.add(session);
-    return () => {
-      this.#resolved.delete(session);
-      if (this.#sessions.get(db) !== entry) return;
-      if (previous === undefined) this.#sessions.delete(db);
-      else this.#sessions.set(db, previous);
-    };
-  }
-
-  /**
    * Close the session for `db` and take it out of the context, so the next `dbSession(db)` makes
    * a new one.
    *
@@ -231,7 +208,8 @@ export class DbSessionCtx {
    * ```
    */
   async closeAll(): Promise<void> {
-    if (this.#state !== 'open') return this.#finishing;
+    // Finishing or finished: the finish closes everything (and reports its own failure).
+    if (this.#state !== 'open') return this.#finishing?.catch(() => {});
     const sessions = await this.#settledSessions();
     this.#sessions.clear();
     this.#resolved.clear();

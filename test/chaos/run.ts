@@ -1,6 +1,6 @@
 // `pnpm chaos [--requests N] [--concurrency C] [--seed S] [--frameworks fastify,express,koa]
-// [--model-runs M]`: the model-based interleaving test with M runs (default 5000, or
-// CONTEXT_DB_MODEL_RUNS; its seed is CONTEXT_DB_MODEL_SEED or S), then the chaos mix with N
+// [--model-runs M]`: the model-based interleaving test with M runs on a pool of 16 and M/4 on a
+// pool of 2 (default 5000, or CONTEXT_DB_MODEL_RUNS; its seed is CONTEXT_DB_MODEL_SEED or S), then the chaos mix with N
 // requests per framework (default 20000; gated requests resumed by another request's handler
 // included), then an isolation burst of C concurrent requests per framework (default 2000). Prints
 // the report; exits 1 on a model counterexample, or on any disagreement, half write, unexpected
@@ -73,11 +73,18 @@ async function run(
 }
 
 if (modelRuns > 0) {
-  const model = await runModel(url, modelRuns, modelSeed);
-  console.log(`[model] ${model.runs} interleaved runs (seed ${model.seed}) in ${model.seconds.toFixed(1)} s`);
-  if (model.failure !== undefined) {
-    console.log(model.failure);
-    failures.push(`model: counterexample (replay with CONTEXT_DB_MODEL_SEED=${model.seed})`);
+  for (const [pool, runs] of [
+    [16, modelRuns],
+    [2, Math.max(1, Math.round(modelRuns / 4))],
+  ] as const) {
+    const model = await runModel(url, runs, modelSeed, pool);
+    console.log(
+      `[model] ${model.runs} interleaved runs on a pool of ${pool} (seed ${model.seed}) in ${model.seconds.toFixed(1)} s`,
+    );
+    if (model.failure !== undefined) {
+      console.log(model.failure);
+      failures.push(`model (pool ${pool}): counterexample (replay with CONTEXT_DB_MODEL_SEED=${model.seed})`);
+    }
   }
 }
 console.log(

@@ -102,7 +102,8 @@ const plugin: FastifyPluginAsync<ContextDbPluginOptions> = async (fastify, optio
 
   // Re-enter the request's context at the start of each phase before the handler, and around
   // each of the route's own hooks (the last one right before the handler, so that the handler and
-  // everything Fastify does with its result run in it too).
+  // everything Fastify does with its result run in it too). onRoute sees only routes declared
+  // once the plugin has loaded; the phase-start hooks apply to every route.
   fastify.addHook('preValidation', reenter);
   fastify.addHook('preHandler', reenter);
   fastify.addHook('onRoute', (route) => {

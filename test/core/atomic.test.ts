@@ -81,3 +81,58 @@ t.test('a wrong mode is a clear error', async (t) => {
   );
   await ctx.finish();
 });
+
+t.test('an atomic block cannot run inside another on the same session', async (t) => {
+  const { db } = testDb(t);
+  const table = await createTable(t);
+  const ctx = new DbSessionCtx();
+  await ctx.run(() =>
+    atomicDbSession(db, async (session) => {
+      await session.query(`INSERT INTO ${table} (text) VALUES ('outer')`);
+      await t.rejects(
+        atomicDbSession(db, (inner) => inner.query('SELECT 1')),
+        { code: 'NESTED_ATOMIC_BLOCK', message: /runInNewCtx/ },
+        "committing there would save half of the outer block's work",
+      );
+    }),
+  );
+  await ctx.finish({ statusCode: 500 });
+  t.same(await texts(table), ['outer'], 'the outer block committed its own work, once');
+});
+
+t.test('a block waits for the one running on its session; other work on the session waits too', async (t) => {
+  const { db } = testDb(t);
+  const table = await createTable(t);
+  const ctx = new DbSessionCtx();
+  const order: string[] = [];
+  await ctx.run(async () => {
+    let release!: () => void;
+    const parked = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    const first = atomicDbSession(db, async (s) => {
+      await s.query(`INSERT INTO ${table} (text) VALUES ('first')`);
+      await parked;
+      order.push('first ends');
+      throw new Error('first fails');
+    });
+    const second = atomicDbSession(
+      db,
+      async (s) => {
+        order.push('second starts');
+        await s.query(`INSERT INTO ${table} (text) VALUES ('second')`);
+      },
+      { currentTransaction: 'raise' },
+    );
+    const outside = (await dbSession(db)).query(`INSERT INTO ${table} (text) VALUES ('outside')`).then(() => {
+      order.push('outside ran');
+    });
+    setTimeout(release, 30);
+    await t.rejects(first, /first fails/);
+    await second;
+    await outside;
+  });
+  await ctx.finish({ statusCode: 200 });
+  t.same(order.slice(0, 1), ['first ends'], 'nothing ran on the session before the first block ended');
+  t.same((await texts(table)).sort(), ['outside', 'second'], "the first block's rollback undid its own row only");
+});

@@ -116,7 +116,6 @@ export async function atomicDbSession<R>(
     );
   }
   const session = await dbSession(db);
-  if (currentTransaction === 'raise' && session.inTransaction) throw new TransactionAlreadyOpenError();
   return session.exclusive(async () => {
     if (session.inTransaction) {
       if (currentTransaction === 'raise') throw new TransactionAlreadyOpenError();

@@ -81,6 +81,7 @@ export function contextDb<StateT = DefaultState, ContextT = DefaultContext>(
         await rc.run(next);
       } catch (error) {
         await rc.end(ctx.status, error);
+        cutIfHeadSent(ctx);
         throw error;
       }
       // Koa pipes a streamed body only after the chain returns. Its first chunk is awaited here,
@@ -91,13 +92,17 @@ export function contextDb<StateT = DefaultState, ContextT = DefaultContext>(
       if (streamError !== undefined) {
         await rc.end(ctx.status, streamError);
         // A client that went away needs no answer; its rollback is all there is to do.
-        if (ctx.writable) throw asServerError(streamError);
-        return;
+        if (!ctx.writable) return;
+        cutIfHeadSent(ctx);
+        throw asServerError(streamError);
       }
       // Koa sends the body only after the middleware chain returns, so the outcome is settled
       // before the first byte.
       const failure = await rc.end(ctx.status);
-      if (failure !== undefined) throw asServerError(failure);
+      if (failure !== undefined) {
+        cutIfHeadSent(ctx);
+        throw asServerError(failure);
+      }
     } finally {
       res.off('close', onClose);
     }
@@ -195,6 +200,13 @@ export function noContextDb<StateT = DefaultState, ContextT = DefaultContext>():
   return function noContextDbMiddleware(_ctx, next) {
     return runOutsideCtx(next);
   };
+}
+
+// Koa's error path cannot change a status the handler already wrote (ctx.res.writeHead), and
+// leaves such a response open, so the client would wait for a body that never comes: cut it, so
+// that rolled-back work never completes as the 2xx in its head.
+function cutIfHeadSent<StateT, ContextT>(ctx: ParameterizedContext<StateT, ContextT>): void {
+  if (ctx.headerSent && !ctx.res.writableEnded) ctx.res.destroy();
 }
 
 // Koa's error path answers `status` and hides the message when `expose` is false; the error itself

@@ -320,7 +320,9 @@ function wrapLayerClass(proto: Record<string, unknown>): void {
  * rolled back, so no byte reaches the client before the outcome is durable; a failed COMMIT
  * turns the response into a 500. A client that goes away rolls back at once. Add
  * `contextDbErrors()` after the routes so that errors roll back whatever status an error
- * handler answers with.
+ * handler answers with. Every middleware and handler of the request runs in its context, even
+ * when a `next` parked by a gate is called from another request's code. A `contextDb()` in a
+ * sub-app or router under another one applies its own options to the rest of the request.
  *
  * @example
  * ```ts

@@ -48,10 +48,16 @@ function promiseGate(): Gate {
 }
 
 /** The two routes; `parkedWrote` lets the releaser hold its transaction open until /parked wrote. */
-function routes(table: string, db: Parameters<typeof dbSession>[0], gate: Gate, prefix = ''): Router {
+function routes(
+  table: string,
+  db: Parameters<typeof dbSession>[0],
+  gate: Gate,
+  { prefix = '', install = [] }: { prefix?: string; install?: Middleware[] } = {},
+): Router {
   const parkedWrote = deferred();
   const insert = async (text: string) => (await dbSession(db)).query(`INSERT INTO ${table} (text) VALUES ($1)`, [text]);
   const router = new Router({ prefix });
+  for (const middleware of install) router.use(middleware);
   router.post('/parked', async (ctx) => {
     await insert('parked');
     parkedWrote.resolve();
@@ -113,21 +119,15 @@ t.test('a router-level contextDb() below a callback gate re-enters the parked re
   const gate = callbackGate();
   const app = new Koa();
   const sessions: unknown[] = [];
+  const recordSession: Middleware = async (ctx, next) => {
+    if (ctx.path.endsWith('/parked')) sessions.push(await dbSession(db));
+    await next();
+  };
   app.use(contextDb({ db }));
-  app.use(async (ctx, next) => {
-    if (ctx.path.endsWith('/parked')) sessions.push(await dbSession(db));
-    await next();
-  });
+  app.use(recordSession);
   app.use(gate.park);
-  app.use(async (ctx, next) => {
-    if (ctx.path.endsWith('/parked')) sessions.push(await dbSession(db));
-    await next();
-  });
-  const api = routes(table, db, gate, '/api');
   // Installed again below the gate: the point where the parked request gets its context back.
-  const router = new Router();
-  router.use('/api', contextDb({ db }), api.routes());
-  app.use(router.routes());
+  app.use(routes(table, db, gate, { prefix: '/api', install: [contextDb({ db }), recordSession] }).routes());
   const url = await serve(t, app);
 
   t.same(await interleave(`${url}/api`), [200, 400]);

@@ -20,12 +20,13 @@ for (const framework of frameworks) {
     });
     t.comment(formatReport(report));
     // Each kind was exercised, so the zeros below mean something.
-    for (const kind of ['ok', 'throw', 'deferred', 'kill', 'killSwallowed', 'fanout', 'abort']) {
+    for (const kind of ['ok', 'throw', 'deferred', 'kill', 'killSwallowed', 'fanout', 'abort', 'gated']) {
       t.ok(Object.values(report.outcomes[kind] ?? {}).reduce((a, b) => a + b, 0) > 0, `${kind} was sent`);
     }
     t.ok((report.outcomes.abort?.aborted ?? 0) > 0, 'some requests were aborted by the client');
     t.equal(report.disagreements, 0, 'no status/database disagreement');
     t.equal(report.halfWritten, 0, 'no key half written');
+    t.ok(report.resumedByRequest > 0, 'some gated requests were resumed from another request');
     t.equal(report.unexpectedStatus, 0, 'every kind got its status');
     t.equal(report.hangs, 0, 'no request hung');
     t.equal(report.leaks, 0, 'no cross-request leak');

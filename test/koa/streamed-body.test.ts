@@ -9,7 +9,7 @@ import { type DbConnect, dbSession } from '@context-db/core';
 import { contextDb } from '@context-db/koa';
 import Koa from 'koa';
 import t from 'tap';
-import { activity, checkedOut, createTable, testDb, texts } from '../fixtures/db.js';
+import { activity, checkedOut, createTable, eventually, testDb, texts } from '../fixtures/db.js';
 import { collectErrors, request, serve } from '../fixtures/koa.js';
 
 async function insert(db: DbConnect, table: string, text: string): Promise<void> {
@@ -156,4 +156,31 @@ t.test('HEAD and 204 never read the stream, so they do not wait for it', async (
   t.equal(pulled, 0, 'the stream was never read');
   t.equal(checkedOut(db), 0);
   t.equal((await activity(appName)).idleInTransaction, 0);
+});
+
+t.test('a client that leaves while the stream has produced nothing: rolled back and released', async (t) => {
+  const { db, appName } = testDb(t);
+  const table = await createTable(t);
+  const app = new Koa();
+  const errors = collectErrors(app);
+  let stream: Readable | undefined;
+  app.use(contextDb({ db }));
+  app.use(async (ctx) => {
+    await insert(db, table, 'waiting');
+    stream = new Readable({ read() {} }); // a long poll that never produces
+    ctx.body = stream;
+  });
+  const url = await serve(t, app);
+  const req = http.request(url, { method: 'POST', agent: false });
+  req.on('error', () => {});
+  req.end();
+  t.ok(await eventually(async () => (await activity(appName)).idleInTransaction === 1), 'the commit waits');
+  req.destroy();
+  t.ok(
+    await eventually(async () => checkedOut(db) === 0 && (await activity(appName)).idleInTransaction === 0),
+    'released once the client left',
+  );
+  t.ok(stream?.destroyed, 'the stream was destroyed');
+  t.same(await texts(table), []);
+  t.same(errors, [], 'nothing to report: nobody is left to answer');
 });

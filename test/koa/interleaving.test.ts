@@ -97,6 +97,31 @@ t.test('a request parked before contextDb() and resumed by another request commi
   t.equal((await activity(appName)).idleInTransaction, 0);
 });
 
+t.test('a callback gate after contextDb() on the app: the parked request resumes in its own context', async (t) => {
+  const { db, appName } = testDb(t);
+  const table = await createTable(t);
+  const gate = callbackGate();
+  const app = new Koa();
+  const sessions: unknown[] = [];
+  const recordSession: Middleware = async (ctx, next) => {
+    if (ctx.path.endsWith('/parked')) sessions.push(await dbSession(db));
+    await next();
+  };
+  app.use(contextDb({ db }));
+  app.use(recordSession);
+  app.use(gate.park);
+  app.use(recordSession);
+  app.use(routes(table, db, gate).routes());
+  const url = await serve(t, app);
+
+  t.same(await interleave(url), [200, 400]);
+  t.same(await texts(table), ['parked'], 'the parked row committed, the releaser’s rolled back');
+  t.equal(sessions.length, 2);
+  t.equal(sessions[0], sessions[1], 'the same session before and after the gate');
+  t.equal(checkedOut(db), 0);
+  t.equal((await activity(appName)).idleInTransaction, 0);
+});
+
 t.test('a promise gate after contextDb() keeps each request in its own context', async (t) => {
   const { db, appName } = testDb(t);
   const table = await createTable(t);

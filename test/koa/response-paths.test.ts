@@ -138,3 +138,26 @@ t.test('a head written by the handler and then a throw: the rolled-back response
   t.equal(outcome, 'cut after 200', 'not a complete 200 for rolled-back work, nor a hanging request');
   t.same(await texts(table), []);
 });
+
+t.test('the middleware below contextDb() keeps koa-compose semantics: next() twice is an error', async (t) => {
+  const { db } = testDb(t);
+  const app = new Koa();
+  const errors = collectErrors(app);
+  const order: string[] = [];
+  app.use(contextDb({ db }));
+  app.use(async (_ctx, next) => {
+    order.push('a in');
+    await next();
+    order.push('a out');
+    await next();
+  });
+  app.use(async (ctx, next) => {
+    order.push('b');
+    ctx.body = 'ok';
+    await next(); // the end of the chain: resolves, as in koa-compose
+  });
+  const url = await serve(t, app);
+  t.equal((await request(url)).status, 500);
+  t.same(order, ['a in', 'b', 'a out']);
+  t.match(errors[0]?.message, /next\(\) called multiple times/);
+});

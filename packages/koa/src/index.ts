@@ -60,7 +60,7 @@ export function contextDb<StateT = DefaultState, ContextT = DefaultContext>(
   const helpers = createDbHelpers(options.db);
   ownHelpers.add(helpers);
   const { skip } = options;
-  return async function contextDbMiddleware(ctx, next) {
+  const contextDbMiddleware: Middleware<StateT, ContextT> = async (ctx, next) => {
     const outer = requests.get(ctx);
     if (outer !== undefined) return joinRequest(ctx, next, outer, helpers, skip?.(ctx) === true, options);
     claimDb(ctx);
@@ -78,7 +78,7 @@ export function contextDb<StateT = DefaultState, ContextT = DefaultContext>(
     res.once('close', onClose);
     try {
       try {
-        await rc.run(next);
+        await runBelow(ctx, contextDbMiddleware, next, rc);
       } catch (error) {
         await rc.end(ctx.status, error);
         cutIfHeadSent(ctx);
@@ -107,6 +107,48 @@ export function contextDb<StateT = DefaultState, ContextT = DefaultContext>(
       res.off('close', onClose);
     }
   };
+  return contextDbMiddleware;
+}
+
+type AnyMiddleware = (ctx: unknown, next: () => Promise<unknown>) => unknown;
+
+/**
+ * Run the rest of the request in its context. Koa has no hook between middleware, and a
+ * middleware below that parks `next` as a callback (a queue, a rate limiter) and is resumed from
+ * another request's code would run everything after it in that other request's context. So when
+ * contextDb() is installed on the app itself, it dispatches the app's middleware below it as
+ * koa-compose does, re-entering this request's context at every middleware and every `next()`.
+ * Elsewhere (a router, a mounted app, an app with its own `compose` option) only the `next` given
+ * to it can be wrapped; a second contextDb() below a gate is another re-entry point.
+ */
+function runBelow(ctx: object, self: unknown, next: () => Promise<unknown>, rc: RequestCtx): Promise<unknown> {
+  const chain = appChain((ctx as { app?: object }).app);
+  const start = chain === undefined ? -1 : chain.indexOf(self as AnyMiddleware) + 1;
+  // Not found, or installed twice on the app: which copy this is cannot be told.
+  if (chain === undefined || start === 0 || chain.indexOf(self as AnyMiddleware, start) !== -1) return rc.run(next);
+  let last = start - 1;
+  const dispatch = (i: number): Promise<unknown> => {
+    if (i <= last) return Promise.reject(new Error('next() called multiple times'));
+    last = i;
+    const fn = chain[i];
+    // The end of the app's chain: Koa's own final next() does nothing either.
+    if (fn === undefined) return Promise.resolve();
+    const step = (): unknown => fn(ctx, () => dispatch(i + 1));
+    try {
+      return Promise.resolve(rc.current ? step() : rc.run(step));
+    } catch (error) {
+      return Promise.reject(error);
+    }
+  };
+  return rc.run(() => dispatch(start));
+}
+
+// Koa composes `app.middleware` with koa-compose unless the app was given its own `compose`
+// (Koa 3), whose wrapping contextDb() must not bypass.
+function appChain(app: object | undefined): readonly AnyMiddleware[] | undefined {
+  const { middleware, compose } = (app ?? {}) as { middleware?: unknown; compose?: { name?: string } };
+  if (!Array.isArray(middleware)) return undefined;
+  return compose === undefined || compose.name === 'compose' ? (middleware as AnyMiddleware[]) : undefined;
 }
 
 /**

@@ -102,3 +102,32 @@ t.test('finish commits and releases every database of the context', async (t) =>
   t.same((await texts(table)).sort(), ['a', 'b']);
   t.equal(checkedOut(a.db) + checkedOut(b.db), 0);
 });
+
+t.test("work the request sends while beforeCommit runs is refused; beforeCommit's own queries run", async (t) => {
+  const { db, appName } = testDb(t);
+  const table = await createTable(t);
+  const ctx = new DbSessionCtx();
+  let late!: Promise<PromiseSettledResult<unknown>[]>;
+  await ctx.run(async () => {
+    const session = await dbSession(db);
+    await session.query(`INSERT INTO ${table} (text) VALUES ('req')`);
+    // Background code of the request, still holding the session, acts while the finish runs.
+    setTimeout(() => {
+      late = Promise.allSettled([session.rollback(), session.query(`INSERT INTO ${table} (text) VALUES ('late')`)]);
+    }, 10);
+  });
+  await ctx.finish({
+    beforeCommit: async (s) => {
+      await s.query('SELECT pg_sleep(0.1)');
+      await s.query(`INSERT INTO ${table} (text) VALUES ('audit')`);
+      await t.rejects(s.rollback(), { code: 'SESSION_CLOSED' }, 'beforeCommit cannot end the transaction either');
+    },
+  });
+  t.match(await late, [
+    { status: 'rejected', reason: { code: 'SESSION_CLOSED' } },
+    { status: 'rejected', reason: { code: 'SESSION_CLOSED' } },
+  ]);
+  t.same(await texts(table), ['req', 'audit'], 'the reported commit holds everything it reported');
+  t.equal(checkedOut(db), 0);
+  t.equal((await activity(appName)).idleInTransaction, 0);
+});

@@ -3,7 +3,7 @@
 // raw client (revoked on release), not its async context (connections open outside any request).
 import { currentCtx, DbConnect, type DbSession, DbSessionCtx, dbSession } from '@context-db/core';
 import t from 'tap';
-import { activity, admin, checkedOut, createTable, eventually, testDb } from '../fixtures/db.js';
+import { activity, admin, checkedOut, createTable, eventually, testDb, texts } from '../fixtures/db.js';
 
 /** Run `fn` with the session of a fresh context, then finish it by `statusCode`. */
 async function inCtx<R>(db: DbConnect, statusCode: number, fn: (session: DbSession) => Promise<R>): Promise<R> {
@@ -155,4 +155,32 @@ t.test('a long-lived session whose connection died between transactions takes a 
   await session.commit();
   await session.close();
   t.equal(checkedOut(db), 0);
+});
+
+t.test('a raw client never runs a query outside its transaction, where it would commit on its own', async (t) => {
+  const { db } = testDb(t);
+  const table = await createTable(t);
+  const ctx = new DbSessionCtx();
+  const client = await ctx.run(async () => {
+    const s = await dbSession(db);
+    await s.query(`INSERT INTO ${table} (text) VALUES ('req')`);
+    return s.client();
+  });
+  const finishing = ctx.finish({ error: new Error('handler failed') });
+  // Late code of the failed request (a query builder holding the client) fires one more write.
+  await t.rejects(client.query(`INSERT INTO ${table} (text) VALUES ('late')`), { code: 'SESSION_CLOSED' });
+  await finishing;
+  const other = new DbSessionCtx();
+  await other.run(async () => {
+    const s = await dbSession(db);
+    const c = await s.client();
+    await s.commit();
+    await t.rejects(c.query(`INSERT INTO ${table} (text) VALUES ('autocommit')`), {
+      code: 'SESSION_CLOSED',
+      message: /no transaction open/,
+    });
+    await (await s.client()).query(`INSERT INTO ${table} (text) VALUES ('begun again')`);
+  });
+  await other.finish({ statusCode: 500 });
+  t.same(await texts(table), [], 'nothing of either rolled-back request is in the table');
 });

@@ -165,7 +165,9 @@ export class DbSessionCtx {
     const session = await settled(entry);
     if (session === undefined) return;
     this.#resolved.delete(session);
-    await session.close();
+    // end(), not close(): taken out of the context, it is ours to end even if a finish has
+    // sealed it meanwhile (the finish no longer sees it).
+    await session.end(false);
   }
 
   /**
@@ -193,6 +195,8 @@ export class DbSessionCtx {
    * ```
    */
   async rollbackAll(): Promise<void> {
+    // Finishing: the finish decides and ends every session.
+    if (this.#state !== 'open') return;
     for (const session of await this.#settledSessions()) {
       if (!session.closed) await session.rollback();
     }
@@ -305,7 +309,7 @@ async function commitSessions(sessions: DbSession[], beforeCommit: BeforeCommitC
       await session.drain();
       if (!session.inTransaction) continue;
       open++;
-      if (beforeCommit !== undefined) await session.unsealedFor(() => beforeCommit(session));
+      if (beforeCommit !== undefined) await session.runBeforeCommit(() => beforeCommit(session));
     }
     if (open > 1) for (const session of sessions) await session.checkDeferred();
   }

@@ -41,10 +41,11 @@ function sealedError(): SessionClosedError {
   return new SessionClosedError("This session's context is finishing (the request has ended).");
 }
 
-type Lease = { live: boolean };
+/** Why a handed-out client may not query now, or undefined when it may. */
+type Lease = () => SessionClosedError | undefined;
 
-// The sessions whose exclusive (atomic) blocks the calling code runs inside.
-const blocks = new AsyncLocalStorage<ReadonlySet<DbSession>>();
+// The exclusive (atomic) blocks the calling code runs inside, by token.
+const blocks = new AsyncLocalStorage<ReadonlySet<object>>();
 
 /**
  * The session's client as handed to callers of `client()`: the same `pg` client, but its
@@ -53,8 +54,8 @@ const blocks = new AsyncLocalStorage<ReadonlySet<DbSession>>();
  */
 function leasedClient(client: PoolClient, lease: Lease): PoolClient {
   const query = (...args: unknown[]): unknown => {
-    if (lease.live) return (client.query as (...a: unknown[]) => unknown)(...args);
-    const err = new SessionClosedError('A client from session.client() was used after its session released it.');
+    const err = lease();
+    if (err === undefined) return (client.query as (...a: unknown[]) => unknown)(...args);
     const callback = args.findLast((arg) => typeof arg === 'function') as ((e: Error) => void) | undefined;
     if (callback !== undefined) {
       process.nextTick(callback, err);
@@ -90,7 +91,6 @@ function leasedClient(client: PoolClient, lease: Lease): PoolClient {
 export class DbSession implements AsyncDisposable {
   readonly #driver: SessionDriver;
   #client: PoolClient | undefined;
-  #lease: Lease | undefined;
   #leased: PoolClient | undefined;
   #inTransaction = false;
   #closed = false;
@@ -107,8 +107,9 @@ export class DbSession implements AsyncDisposable {
   #tail: Promise<void> = DONE;
   /** Operations enqueued and not yet settled. */
   #pending = 0;
-  // An atomic block holds the session: work from outside it waits until it ends (resolves then).
-  #block: Promise<void> | undefined;
+  // An atomic block (or a finishing context's beforeCommit) holds the session: work from outside
+  // it waits until it has ended.
+  #block: { readonly token: object; readonly atomic: boolean; readonly ended: Promise<void> } | undefined;
 
   readonly #onClientError = (): void => {
     // A checked-out pg client that loses its backend emits 'error'; unhandled, that would crash
@@ -182,10 +183,7 @@ export class DbSession implements AsyncDisposable {
     if (this.#refused()) return Promise.reject(sealedError());
     return this.#enqueue(async () => {
       const client = await this.#begun();
-      if (this.#leased === undefined) {
-        this.#lease = { live: true };
-        this.#leased = leasedClient(client, this.#lease);
-      }
+      this.#leased ??= leasedClient(client, () => this.#leaseError(client));
       return this.#leased;
     });
   }
@@ -205,7 +203,7 @@ export class DbSession implements AsyncDisposable {
   commit(): Promise<void> {
     const wait = this.#outsideBlock();
     if (wait !== undefined) return wait.then(() => this.commit());
-    if (this.#refused()) return Promise.reject(sealedError());
+    if (this.#refused(true)) return Promise.reject(sealedError());
     return this.#enqueue(() => {
       this.#assertOpen();
       return this.#commitNow(false);
@@ -213,10 +211,11 @@ export class DbSession implements AsyncDisposable {
   }
 
   /**
-   * Roll back the open transaction, if any; the connection stays with the session. Never
-   * rejects, not for a closed session nor for a lost connection: PostgreSQL rolls back a
-   * transaction whose connection died, so the connection is discarded and the next query takes
-   * a fresh one. Once the session's context is finishing, the context decides: this does nothing.
+   * Roll back the open transaction, if any; the connection stays with the session. Does not
+   * reject for a closed session nor for a lost connection: PostgreSQL rolls back a transaction
+   * whose connection died, so the connection is discarded and the next query takes a fresh one.
+   * Once the session's context is finishing, the context decides the outcome: this rejects with
+   * `SessionClosedError` rather than pretend to undo work the finish may commit.
    *
    * @example
    * ```ts
@@ -227,7 +226,7 @@ export class DbSession implements AsyncDisposable {
   rollback(): Promise<void> {
     const wait = this.#outsideBlock();
     if (wait !== undefined) return wait.then(() => this.rollback());
-    if (this.#refused()) return DONE;
+    if (this.#refused(true)) return Promise.reject(sealedError());
     return this.#enqueue(() => this.#rollbackNow(false));
   }
 
@@ -263,39 +262,45 @@ export class DbSession implements AsyncDisposable {
   }
 
   /**
-   * @internal For the owning context: run `fn` (a `beforeCommit` callback) with the session
-   * accepting work again, so the callback can query before the final COMMIT.
-   */
-  async unsealedFor(fn: () => void | Promise<void>): Promise<void> {
-    const sealed = this.#sealed;
-    this.#sealed = false;
-    try {
-      await fn();
-    } finally {
-      this.#sealed = sealed;
-    }
-  }
-
-  /**
    * @internal Run `fn` (an atomic block) with the session to itself: work on the session from
    * outside `fn` waits until it ends, so that neither a concurrent block nor a stray commit or
    * rollback can end its transaction half-way. Blocks queue behind each other; a block begun
    * before the session's context started finishing runs to its end.
    */
   async exclusive<R>(fn: () => Promise<R>): Promise<R> {
-    const inside = blocks.getStore();
-    if (inside?.has(this)) throw new NestedAtomicBlockError();
-    while (this.#block !== undefined) await this.#block;
+    if (this.#block !== undefined && blocks.getStore()?.has(this.#block.token)) throw new NestedAtomicBlockError();
+    while (this.#block !== undefined) await this.#block.ended;
     if (this.#sealed) throw sealedError();
-    let ended!: () => void;
-    this.#block = new Promise<void>((resolve) => {
-      ended = resolve;
-    });
+    return this.#hold(fn, true);
+  }
+
+  /**
+   * @internal For the finishing context: run a `beforeCommit` callback as the session's only
+   * user, so that it can still query while late work from the request (a stray rollback, a
+   * query) waits and is then refused.
+   */
+  async runBeforeCommit(fn: () => void | Promise<void>): Promise<void> {
+    while (this.#block !== undefined) await this.#block.ended;
+    await this.#hold(fn, false);
+  }
+
+  async #hold<R>(fn: () => R | Promise<R>, atomic: boolean): Promise<R> {
+    // A token per block, not the session: a callback a finished block left behind must not pass
+    // for work of the next block.
+    const token = {};
+    let end!: () => void;
+    this.#block = {
+      token,
+      atomic,
+      ended: new Promise<void>((resolve) => {
+        end = resolve;
+      }),
+    };
     try {
-      return await blocks.run(new Set(inside).add(this), fn);
+      return await blocks.run(new Set(blocks.getStore()).add(token), fn);
     } finally {
       this.#block = undefined;
-      ended();
+      end();
     }
   }
 
@@ -309,13 +314,35 @@ export class DbSession implements AsyncDisposable {
   /** When an atomic block holds the session and the caller is not inside it: the block's end. */
   #outsideBlock(): Promise<void> | undefined {
     const block = this.#block;
-    if (block === undefined || blocks.getStore()?.has(this)) return undefined;
-    return block;
+    if (block === undefined || blocks.getStore()?.has(block.token)) return undefined;
+    return block.ended;
   }
 
-  /** New work is refused once the context is finishing, except inside a block begun before. */
-  #refused(): boolean {
-    return this.#sealed && this.#block === undefined;
+  /**
+   * New work is refused once the context is finishing, except inside an atomic block begun
+   * before (it runs to its end) and queries of a `beforeCommit`, which may not end the
+   * transaction the finish is about to commit.
+   */
+  #refused(ending = false): boolean {
+    if (!this.#sealed) return false;
+    const block = this.#block;
+    return block === undefined || (ending && !block.atomic);
+  }
+
+  // A handed-out client bypasses the queue, so it is refused whenever the session's own work
+  // would be, and outside a transaction, where its query would commit on its own.
+  #leaseError(client: PoolClient): SessionClosedError | undefined {
+    if (this.#client !== client) {
+      return new SessionClosedError('A client from session.client() was used after its session released it.');
+    }
+    if (this.#refused()) return sealedError();
+    if (!this.#inTransaction) {
+      return new SessionClosedError(
+        'A client from session.client() was used with no transaction open (after a commit or rollback): ' +
+          'call session.client() again to begin one.',
+      );
+    }
+    return undefined;
   }
 
   /**
@@ -479,8 +506,6 @@ export class DbSession implements AsyncDisposable {
     const client = this.#client;
     if (client === undefined) return;
     this.#client = undefined;
-    if (this.#lease !== undefined) this.#lease.live = false;
-    this.#lease = undefined;
     this.#leased = undefined;
     client.off('error', this.#onClientError);
     // A connection that may still carry session state or a transaction is not given to anyone.

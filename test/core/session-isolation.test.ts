@@ -115,24 +115,63 @@ t.test('a raw client from session.client() stops working once its session let th
   t.equal((await activity(appName)).idleInTransaction, 0);
 });
 
-t.test("a pooled connection's callbacks do not run in the context of the request that opened it", async (t) => {
+t.test(
+  "a pooled connection's callbacks run in the caller's context, never in the request's that opened it",
+  async (t) => {
+    const { db } = testDb(t, { max: 1 });
+    const first = new DbSessionCtx();
+    await first.run(async () => (await dbSession(db)).query('SELECT 1')); // opens the connection
+    await first.finish();
+    const seen: Array<DbSessionCtx | undefined> = [];
+    const second = new DbSessionCtx();
+    await second.run(async () => {
+      const client = await (await dbSession(db)).client();
+      const onNotice = (): void => {
+        seen.push(currentCtx());
+      };
+      client.on('notice', onNotice);
+      await client.query(`DO $$ BEGIN RAISE NOTICE 'hello'; END $$`);
+      await new Promise<void>((resolve) => {
+        client.query('SELECT 1', () => {
+          seen.push(currentCtx());
+          resolve();
+        });
+      });
+      client.off('notice', onNotice);
+    });
+    await second.finish();
+    t.equal(seen.length, 2);
+    t.not(seen[0], first, "the socket's callback is not in the first request's context");
+    t.same(
+      seen.map((ctx) => ctx === second),
+      [true, true],
+      'a listener and a query callback run in the context that added them',
+    );
+  },
+);
+
+t.test("listeners added through a request's client leave with its session", async (t) => {
   const { db } = testDb(t, { max: 1 });
+  const heard: string[] = [];
   const first = new DbSessionCtx();
-  await first.run(async () => (await dbSession(db)).query('SELECT 1')); // opens the connection
-  await first.finish();
-  const seen: Array<DbSessionCtx | undefined> = [];
-  await inCtx(db, 200, async (s) => {
-    const client = await s.client();
-    const onNotice = (): void => {
-      seen.push(currentCtx());
-    };
-    client.on('notice', onNotice);
-    await client.query(`DO $$ BEGIN RAISE NOTICE 'hello'; END $$`);
-    client.off('notice', onNotice);
+  await first.run(async () => {
+    const client = await (await dbSession(db)).client();
+    client.on('notification', (message) => {
+      heard.push(message.payload ?? '');
+    });
   });
-  t.equal(seen.length, 1);
-  t.not(seen[0], first, "the socket's callback is not in the first request's context");
-  t.equal(seen[0], undefined, 'it is in no context at all');
+  await first.finish();
+  const second = new DbSessionCtx();
+  await second.run(async () => {
+    const s = await dbSession(db);
+    await s.query('LISTEN second_channel');
+    await s.commit();
+    await s.query(`SELECT pg_notify('second_channel', 'for the second request only')`);
+    await s.commit();
+    await s.query('SELECT pg_sleep(0.05)');
+  });
+  await second.finish();
+  t.same(heard, [], "the first request's listener never heard the second's notifications");
 });
 
 t.test('a long-lived session whose connection died between transactions takes a fresh one', async (t) => {

@@ -200,6 +200,7 @@ export class DbConnect {
       beginSql: 'BEGIN',
       commitSql: 'COMMIT',
       rollbackSql: 'ROLLBACK',
+      checkSql: 'SET CONSTRAINTS ALL IMMEDIATE',
       resetSql: options.resetSession === false ? '' : RESET_SESSION_SQL,
     };
   }

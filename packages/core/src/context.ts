@@ -212,8 +212,9 @@ export class DbSessionCtx {
    * ```
    */
   async closeAll(): Promise<void> {
-    // Finishing or finished: the finish closes everything (and reports its own failure).
-    if (this.#state !== 'open') return this.#finishing?.catch(() => {});
+    // Finishing or finished: the finish closes everything. Not awaited: a beforeCommit that
+    // calls this would wait for the finish that waits for it.
+    if (this.#state !== 'open') return;
     const sessions = await this.#settledSessions();
     this.#sessions.clear();
     this.#resolved.clear();

@@ -1,4 +1,4 @@
-import { AsyncLocalStorage } from 'node:async_hooks';
+import { AsyncLocalStorage, AsyncResource } from 'node:async_hooks';
 import type { PoolClient, QueryConfig, QueryResult, QueryResultRow } from 'pg';
 import { CommitFailedError, CommitOutcomeUnknownError, NestedAtomicBlockError, SessionClosedError } from './errors.js';
 
@@ -14,6 +14,8 @@ export interface SessionDriver {
   readonly beginSql: string;
   readonly commitSql: string;
   readonly rollbackSql: string;
+  /** Checks deferred constraints now, before a COMMIT, without ending the transaction. */
+  readonly checkSql: string;
   /**
    * Statements that clear what a session can leave on its connection (SET, temporary tables,
    * advisory locks, LISTEN), sent in the same flight as the COMMIT or ROLLBACK that ends the
@@ -47,16 +49,34 @@ type Lease = () => SessionClosedError | undefined;
 // The exclusive (atomic) blocks the calling code runs inside, by token.
 const blocks = new AsyncLocalStorage<ReadonlySet<object>>();
 
+type Listener = (...args: unknown[]) => void;
+
+interface Leased {
+  readonly client: PoolClient;
+  /** Take off the listeners added through it, when the session lets the connection go. */
+  revoke(): void;
+}
+
 /**
- * The session's client as handed to callers of `client()`: the same `pg` client, but its
- * `query` fails with `SessionClosedError` once the session gave the connection back, so that a
- * kept reference cannot run inside the next request's transaction on that connection.
+ * The session's client as handed to callers of `client()`: the same `pg` client, but its `query`
+ * fails with `SessionClosedError` whenever the session's own work would (and after the session
+ * gave the connection back), so that a kept reference cannot run inside the next request's
+ * transaction on that connection. Callbacks and listeners given to it run in the caller's async
+ * context (the socket's is no request's), and the listeners leave with the session: the next
+ * request's notifications never reach them.
  */
-function leasedClient(client: PoolClient, lease: Lease): PoolClient {
+function leasedClient(client: PoolClient, lease: Lease): Leased {
+  const added: Array<[string | symbol, Listener]> = [];
+  const bound = new WeakMap<Listener, Listener>();
+  let proxy!: PoolClient;
   const query = (...args: unknown[]): unknown => {
+    const last = args.length - 1;
+    const callback = typeof args[last] === 'function' ? (args[last] as (e: Error) => void) : undefined;
     const err = lease();
-    if (err === undefined) return (client.query as (...a: unknown[]) => unknown)(...args);
-    const callback = args.findLast((arg) => typeof arg === 'function') as ((e: Error) => void) | undefined;
+    if (err === undefined) {
+      if (callback !== undefined) args[last] = AsyncResource.bind(callback);
+      return (client.query as (...a: unknown[]) => unknown)(...args);
+    }
     if (callback !== undefined) {
       process.nextTick(callback, err);
       return undefined;
@@ -64,15 +84,42 @@ function leasedClient(client: PoolClient, lease: Lease): PoolClient {
     if (typeof (args[0] as { submit?: unknown } | null)?.submit === 'function') throw err;
     return Promise.reject(err);
   };
-  // The session owns the connection: a release() from a query builder must not return it early.
-  const release = (): void => {};
-  return new Proxy(client, {
+  const listen =
+    (method: 'on' | 'once' | 'prependListener' | 'prependOnceListener') =>
+    (event: string | symbol, listener: Listener): PoolClient => {
+      const inCaller = AsyncResource.bind(listener);
+      bound.set(listener, inCaller);
+      added.push([event, inCaller]);
+      (client[method] as (e: string | symbol, l: Listener) => unknown).call(client, event, inCaller);
+      return proxy;
+    };
+  const unlisten = (event: string | symbol, listener: Listener): PoolClient => {
+    client.off(event, bound.get(listener) ?? listener);
+    return proxy;
+  };
+  const own: Record<string | symbol, unknown> = {
+    query,
+    // The session owns the connection: a release() from a query builder must not return it early.
+    release: () => {},
+    on: listen('on'),
+    addListener: listen('on'),
+    once: listen('once'),
+    prependListener: listen('prependListener'),
+    prependOnceListener: listen('prependOnceListener'),
+    off: unlisten,
+    removeListener: unlisten,
+  };
+  proxy = new Proxy(client, {
     get(target, property) {
-      if (property === 'query') return query;
-      if (property === 'release') return release;
-      return Reflect.get(target, property, target);
+      return Object.hasOwn(own, property) ? own[property] : Reflect.get(target, property, target);
     },
   });
+  return {
+    client: proxy,
+    revoke() {
+      for (const [event, listener] of added.splice(0)) client.off(event, listener);
+    },
+  };
 }
 
 /**
@@ -91,7 +138,7 @@ function leasedClient(client: PoolClient, lease: Lease): PoolClient {
 export class DbSession implements AsyncDisposable {
   readonly #driver: SessionDriver;
   #client: PoolClient | undefined;
-  #leased: PoolClient | undefined;
+  #leased: Leased | undefined;
   #inTransaction = false;
   #closed = false;
   // The end() under way or done: a second call (a rollback racing a commit) waits for the same.
@@ -184,7 +231,7 @@ export class DbSession implements AsyncDisposable {
     return this.#enqueue(async () => {
       const client = await this.#begun();
       this.#leased ??= leasedClient(client, () => this.#leaseError(client));
-      return this.#leased;
+      return this.#leased.client;
     });
   }
 
@@ -268,7 +315,11 @@ export class DbSession implements AsyncDisposable {
    * before the session's context started finishing runs to its end.
    */
   async exclusive<R>(fn: () => Promise<R>): Promise<R> {
-    if (this.#block !== undefined && blocks.getStore()?.has(this.#block.token)) throw new NestedAtomicBlockError();
+    const holder = this.#block;
+    if (holder !== undefined && blocks.getStore()?.has(holder.token)) {
+      if (holder.atomic) throw new NestedAtomicBlockError();
+      return this.#hold(fn, true); // a block inside the finishing context's beforeCommit
+    }
     while (this.#block !== undefined) await this.#block.ended;
     if (this.#sealed) throw sealedError();
     return this.#hold(fn, true);
@@ -288,6 +339,7 @@ export class DbSession implements AsyncDisposable {
     // A token per block, not the session: a callback a finished block left behind must not pass
     // for work of the next block.
     const token = {};
+    const outer = this.#block;
     let end!: () => void;
     this.#block = {
       token,
@@ -299,7 +351,7 @@ export class DbSession implements AsyncDisposable {
     try {
       return await blocks.run(new Set(blocks.getStore()).add(token), fn);
     } finally {
-      this.#block = undefined;
+      this.#block = outer;
       end();
     }
   }
@@ -335,7 +387,9 @@ export class DbSession implements AsyncDisposable {
     if (this.#client !== client) {
       return new SessionClosedError('A client from session.client() was used after its session released it.');
     }
-    if (this.#refused()) return sealedError();
+    // Finishing: only from inside the block that holds the session (an atomic block begun before,
+    // a beforeCommit), never from the request's late code.
+    if (this.#sealed && (this.#block === undefined || this.#outsideBlock() !== undefined)) return sealedError();
     if (!this.#inTransaction) {
       return new SessionClosedError(
         'A client from session.client() was used with no transaction open (after a commit or rollback): ' +
@@ -357,7 +411,7 @@ export class DbSession implements AsyncDisposable {
       const client = this.#client;
       if (client === undefined || !this.#inTransaction || this.#closed) return;
       try {
-        await client.query('SET CONSTRAINTS ALL IMMEDIATE');
+        await client.query(this.#driver.checkSql);
       } catch (err) {
         throw new CommitFailedError({ cause: err });
       }
@@ -506,6 +560,7 @@ export class DbSession implements AsyncDisposable {
     const client = this.#client;
     if (client === undefined) return;
     this.#client = undefined;
+    this.#leased?.revoke();
     this.#leased = undefined;
     client.off('error', this.#onClientError);
     // A connection that may still carry session state or a transaction is not given to anyone.

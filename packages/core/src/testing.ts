@@ -1,6 +1,6 @@
 import type { DbConnect } from './connect.js';
 import { DbSessionCtx, type SessionFactory, storage } from './context.js';
-import { ContextNotInitiatedError } from './errors.js';
+import { ContextNotInitiatedError, SessionClosedError } from './errors.js';
 import { DbSession } from './session.js';
 
 // How the helpers make a test behave like production inside one rolled-back transaction:
@@ -99,7 +99,7 @@ export async function putSavepointSessionInCtx<R>(
   const own = ctx.sessionFactory;
   const child = ctx.childFactory;
   ctx.sessionFactory = (target, owner) => {
-    if (target === db) return Promise.resolve(savepointSession(session, owner));
+    if (target === db) return Promise.resolve(savepointSession(session, owner, turnFor(session)));
     return own === undefined ? target.createSession() : own(target, owner);
   };
   ctx.childFactory ??= savepointsOn(ctx);
@@ -114,14 +114,18 @@ export async function putSavepointSessionInCtx<R>(
 
 /** Sessions for contexts opened inside `ctx`: savepoints on `ctx`'s own session for each database. */
 function savepointsOn(ctx: DbSessionCtx): SessionFactory {
-  return async (db, owner) => savepointSession(await ctx.getSession(db), owner);
+  // One turn for all databases: a request that takes its turn on one database holds it on all,
+  // so two requests touching two databases in opposite orders cannot wait for each other.
+  return async (db, owner) => {
+    if (ctx.finished) throw new SessionClosedError('The test context this work was started in has ended.');
+    return savepointSession(await ctx.getSession(db), owner, turnFor(ctx));
+  };
 }
 
 let savepointCounter = 0;
 
-function savepointSession(base: DbSession, owner: DbSessionCtx): DbSession {
+function savepointSession(base: DbSession, owner: DbSessionCtx, turn: Turn): DbSession {
   const name = `context_db_sp_${++savepointCounter}`;
-  const turn = turnFor(base);
   return new DbSession({
     acquire: async () => {
       await turn.enter(owner);
@@ -140,6 +144,7 @@ function savepointSession(base: DbSession, owner: DbSessionCtx): DbSession {
       `SAVEPOINT ${name}_check; SET CONSTRAINTS ALL IMMEDIATE; ROLLBACK TO SAVEPOINT ${name}_check; ` +
       `RELEASE SAVEPOINT ${name}_check; RELEASE SAVEPOINT ${name}`,
     rollbackSql: `ROLLBACK TO SAVEPOINT ${name}; RELEASE SAVEPOINT ${name}`,
+    checkSql: `SAVEPOINT ${name}_check; SET CONSTRAINTS ALL IMMEDIATE; ROLLBACK TO SAVEPOINT ${name}_check; RELEASE SAVEPOINT ${name}_check`,
     resetSql: '',
   });
 }
@@ -182,13 +187,14 @@ function descends(ctx: DbSessionCtx | undefined, ancestor: DbSessionCtx): boolea
   return false;
 }
 
-const turns = new WeakMap<DbSession, Turn>();
+const turns = new WeakMap<object, Turn>();
 
-function turnFor(base: DbSession): Turn {
-  let turn = turns.get(base);
+/** The turn of a test context's children (keyed by the context) or of a put session's (by the session). */
+function turnFor(key: DbSessionCtx | DbSession): Turn {
+  let turn = turns.get(key);
   if (turn === undefined) {
     turn = new Turn();
-    turns.set(base, turn);
+    turns.set(key, turn);
   }
   return turn;
 }

@@ -2,12 +2,13 @@
 // handler gets round to finishing.
 import { once } from 'node:events';
 import http from 'node:http';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { dbSession, SessionClosedError } from '@context-db/core';
 import { contextDb } from '@context-db/koa';
 import Koa from 'koa';
 import t from 'tap';
 import { activity, checkedOut, createTable, eventually, testDb, texts } from '../fixtures/db.js';
-import { collectErrors, serve } from '../fixtures/koa.js';
+import { collectErrors, request, serve } from '../fixtures/koa.js';
 
 function deferred(): { promise: Promise<void>; resolve: () => void } {
   let resolve = (): void => {};
@@ -84,4 +85,53 @@ t.test('a response that finished before the handler returned is not an abort', a
   t.ok(await eventually(async () => (await texts(table)).length === 2), 'both inserts committed');
   t.same(await texts(table), ['before', 'after']);
   t.equal(checkedOut(db), 0);
+});
+
+t.test('a client that goes away while waiting for the only pool connection leaves nothing behind', async (t) => {
+  const { db, appName } = testDb(t, { max: 1, connectionTimeoutMillis: 3000 });
+  const table = await createTable(t);
+  const gate = deferred();
+  let outcome: unknown = 'never finished';
+  const finished = deferred();
+  const app = new Koa();
+  collectErrors(app);
+  app.use(contextDb({ db }));
+  app.use(async (ctx) => {
+    const insert = async (text: string) =>
+      (await dbSession(db)).query(`INSERT INTO ${table} (text) VALUES ($1)`, [text]);
+    if (ctx.path === '/holder') {
+      await insert('holder');
+      await gate.promise;
+      ctx.body = 'ok';
+      return;
+    }
+    try {
+      await insert('waiter'); // waits for the pool: the holder has the only connection
+      await sleep(50);
+      await insert('waiter again');
+      outcome = 'done';
+      ctx.body = 'ok';
+    } catch (err) {
+      outcome = err;
+      throw err;
+    } finally {
+      finished.resolve();
+    }
+  });
+  const url = await serve(t, app);
+  const holder = request(`${url}/holder`);
+  t.ok(await eventually(() => checkedOut(db) === 1), 'the holder has the only connection');
+  const waiter = http.request(`${url}/waiter`, { method: 'POST' });
+  waiter.on('error', () => {});
+  waiter.end();
+  await sleep(150);
+  waiter.destroy();
+  await sleep(100);
+  gate.resolve();
+  t.equal((await holder).status, 200);
+  await finished.promise;
+  t.not(outcome, 'done', "the waiter's work did not complete");
+  t.ok(await eventually(() => checkedOut(db) === 0, 4000), 'nothing checked out');
+  t.equal((await activity(appName)).idleInTransaction, 0);
+  t.same(await texts(table), ['holder']);
 });

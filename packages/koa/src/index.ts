@@ -5,6 +5,7 @@ import {
   type DbHelpers,
   firstChunk,
   InvalidOptionsError,
+  isContextInitiated,
   RequestCtx,
   runOutsideCtx,
   validateContextDbOptions,
@@ -28,9 +29,29 @@ export interface KoaContextDbOptions<StateT = DefaultState, ContextT = DefaultCo
   readonly skip?: (ctx: ParameterizedContext<StateT, ContextT>) => boolean;
 }
 
+/** Where the rest of a request runs: its own context, or, once it opted out, outside any. */
+interface Scope {
+  readonly current: boolean;
+  run<R>(fn: () => R): R;
+}
+
+const OUTSIDE: Scope = {
+  get current() {
+    return !isContextInitiated();
+  },
+  run: runOutsideCtx,
+};
+
+interface KoaRequest {
+  readonly rc: RequestCtx;
+  // Becomes OUTSIDE when noContextDb() or an inner skip opts the rest of the request out, so
+  // that the dispatch below contextDb() stops re-entering the request's context.
+  scope: Scope;
+}
+
 // The request each Koa context belongs to, so that a second contextDb() on the same request (a
 // mounted app, a router) finds it instead of opening a second transaction.
-const requests = new WeakMap<object, RequestCtx>();
+const requests = new WeakMap<object, KoaRequest>();
 // Helpers made by contextDb(): any other ctx.db is the app's own, and is not overwritten.
 const ownHelpers = new WeakSet<DbHelpers>();
 
@@ -60,15 +81,18 @@ export function contextDb<StateT = DefaultState, ContextT = DefaultContext>(
   const helpers = createDbHelpers(options.db);
   ownHelpers.add(helpers);
   const { skip } = options;
+  const below = chainBelow();
   const contextDbMiddleware: Middleware<StateT, ContextT> = async (ctx, next) => {
     const outer = requests.get(ctx);
     if (outer !== undefined) return joinRequest(ctx, next, outer, helpers, skip?.(ctx) === true, options);
     claimDb(ctx);
     // Set on skipped requests too: the helpers need no context, and newSession() still works.
     ctx.db = helpers;
-    if (skip?.(ctx)) return next();
+    // Not registered: a skipped request has no transaction for an inner install to join.
+    if (skip?.(ctx)) return runBelow(ctx, below(ctx, contextDbMiddleware), next, { scope: OUTSIDE });
     const rc = RequestCtx.open(options);
-    requests.set(ctx, rc);
+    const request: KoaRequest = { rc, scope: rc };
+    requests.set(ctx, request);
     const { res } = ctx;
     // 'close' before the response finished means the client went away: release its connection
     // now rather than when the handler notices. After end() below, abort() is a no-op.
@@ -78,7 +102,7 @@ export function contextDb<StateT = DefaultState, ContextT = DefaultContext>(
     res.once('close', onClose);
     try {
       try {
-        await runBelow(ctx, contextDbMiddleware, next, rc);
+        await runBelow(ctx, below(ctx, contextDbMiddleware), next, request);
       } catch (error) {
         await rc.end(ctx.status, error);
         cutIfHeadSent(ctx);
@@ -113,20 +137,22 @@ export function contextDb<StateT = DefaultState, ContextT = DefaultContext>(
 type AnyMiddleware = (ctx: unknown, next: () => Promise<unknown>) => unknown;
 
 /**
- * Run the rest of the request in its context. Koa has no hook between middleware, and a
- * middleware below that parks `next` as a callback (a queue, a rate limiter) and is resumed from
- * another request's code would run everything after it in that other request's context. So when
+ * Run the rest of the request in its scope. Koa has no hook between middleware, and a middleware
+ * below that parks `next` as a callback (a queue, a rate limiter) and is resumed from another
+ * request's code would run everything after it in that other request's context. So when
  * contextDb() is installed on the app itself, it dispatches the app's middleware below it as
- * koa-compose does, re-entering this request's context at every middleware and every `next()`.
+ * koa-compose does, re-entering the request's scope at every middleware and every `next()`.
  * Elsewhere (a router, a mounted app, an app with its own `compose` option) only the `next` given
  * to it can be wrapped; a second contextDb() below a gate is another re-entry point.
  */
-function runBelow(ctx: object, self: unknown, next: () => Promise<unknown>, rc: RequestCtx): Promise<unknown> {
-  const chain = appChain((ctx as { app?: object }).app);
-  const start = chain === undefined ? -1 : chain.indexOf(self as AnyMiddleware) + 1;
-  // Not found, or installed twice on the app: which copy this is cannot be told.
-  if (chain === undefined || start === 0 || chain.indexOf(self as AnyMiddleware, start) !== -1) return rc.run(next);
-  let last = start - 1;
+function runBelow(
+  ctx: object,
+  chain: readonly AnyMiddleware[] | undefined,
+  next: () => Promise<unknown>,
+  request: { readonly scope: Scope },
+): Promise<unknown> {
+  if (chain === undefined) return request.scope.run(next);
+  let last = -1;
   const dispatch = (i: number): Promise<unknown> => {
     if (i <= last) return Promise.reject(new Error('next() called multiple times'));
     last = i;
@@ -134,13 +160,37 @@ function runBelow(ctx: object, self: unknown, next: () => Promise<unknown>, rc: 
     // The end of the app's chain: Koa's own final next() does nothing either.
     if (fn === undefined) return Promise.resolve();
     const step = (): unknown => fn(ctx, () => dispatch(i + 1));
+    // Read at every step: noContextDb() may have opted the request out since the last one.
+    const { scope } = request;
     try {
-      return Promise.resolve(rc.current ? step() : rc.run(step));
+      return Promise.resolve(scope.current ? step() : scope.run(step));
     } catch (error) {
       return Promise.reject(error);
     }
   };
-  return rc.run(() => dispatch(start));
+  return dispatch(0);
+}
+
+/**
+ * For one contextDb() middleware: the app's middleware below it, or undefined where it cannot
+ * dispatch them itself. Remembered per app chain and length, since apps only append to it.
+ */
+function chainBelow(): (ctx: object, self: unknown) => readonly AnyMiddleware[] | undefined {
+  let seen: readonly AnyMiddleware[] | undefined;
+  let seenLength = -1;
+  let below: readonly AnyMiddleware[] | undefined;
+  return (ctx, self) => {
+    const chain = appChain((ctx as { app?: object }).app);
+    if (chain === undefined) return undefined;
+    if (chain !== seen || chain.length !== seenLength) {
+      seen = chain;
+      seenLength = chain.length;
+      const start = chain.indexOf(self as AnyMiddleware) + 1;
+      // Not found, or installed twice on the app: which copy this is cannot be told.
+      below = start === 0 || chain.indexOf(self as AnyMiddleware, start) !== -1 ? undefined : chain.slice(start);
+    }
+    return below;
+  };
 }
 
 // Koa composes `app.middleware` with koa-compose unless the app was given its own `compose`
@@ -160,7 +210,7 @@ function appChain(app: object | undefined): readonly AnyMiddleware[] | undefined
 async function joinRequest<StateT, ContextT>(
   ctx: ParameterizedContext<StateT, ContextT>,
   next: () => Promise<unknown>,
-  rc: RequestCtx,
+  request: KoaRequest,
   helpers: DbHelpers,
   skipped: boolean,
   options: ContextDbOptions,
@@ -169,13 +219,14 @@ async function joinRequest<StateT, ContextT>(
   ctx.db = helpers;
   try {
     if (skipped) {
-      await runOutsideCtx(next);
+      await optOut(ctx, next);
       return;
     }
-    rc.useOptions(options);
+    request.rc.useOptions(options);
     // A middleware between the two installs may have parked the request and been resumed from
-    // another request's callback: re-enter this request's own context for everything below.
-    await (rc.current ? next() : rc.run(next));
+    // another request's callback: re-enter this request's scope for everything below.
+    const { scope } = request;
+    await (scope.current ? next() : scope.run(next));
   } finally {
     ctx.db = previous;
   }
@@ -239,9 +290,17 @@ function isReadable(body: unknown): body is Readable {
  * ```
  */
 export function noContextDb<StateT = DefaultState, ContextT = DefaultContext>(): Middleware<StateT, ContextT> {
-  return function noContextDbMiddleware(_ctx, next) {
-    return runOutsideCtx(next);
+  return function noContextDbMiddleware(ctx, next) {
+    return optOut(ctx, next);
   };
+}
+
+// Marks the request too: contextDb()'s dispatch of the app's chain would otherwise re-enter the
+// request's context at the next middleware.
+function optOut(ctx: object, next: () => Promise<unknown>): Promise<unknown> {
+  const request = requests.get(ctx);
+  if (request !== undefined) request.scope = OUTSIDE;
+  return runOutsideCtx(next);
 }
 
 // Koa's error path cannot change a status the handler already wrote (ctx.res.writeHead), and

@@ -7,7 +7,7 @@ import { contextDb, contextDbErrors } from '@context-db/express';
 import type { NextFunction, Request, Response } from 'express';
 import t from 'tap';
 import { activity, checkedOut, createTable, eventually, testDb, texts } from '../fixtures/db.js';
-import { deferred, listen, majors, request } from '../fixtures/express.js';
+import { deferred, listen, majors, request, sleep } from '../fixtures/express.js';
 
 for (const { name, express } of majors) {
   for (const gateAt of ['after', 'before'] as const) {
@@ -106,4 +106,51 @@ for (const { name, express } of majors) {
     t.equal((await parkedReply).status, 200);
     t.same(await texts(table), ['releaser'], "the error handler's row rolled back with its own request's error");
   });
+
+  // Param callbacks are not layers: the routers call them from a private function.
+  t.test(
+    `${name}: a request parked in a param callback and released by another commits by its own status`,
+    async (t) => {
+      const { db, appName } = testDb(t);
+      const table = await createTable(t);
+      const parked: Array<() => void> = [];
+      const app = express();
+      app.set('env', 'test');
+      app.use(contextDb({ db }));
+      const router = express.Router();
+      // A callback-style limiter on the org, then a param callback that uses the request's session.
+      router.param('org', (_req: Request, _res: Response, next: NextFunction, org: string) => {
+        if (org === 'slow') parked.push(() => next());
+        else next();
+      });
+      router.param('user', (_req: Request, _res: Response, next: NextFunction, user: string) => {
+        dbSession(db)
+          .then((s) => s.query(`INSERT INTO ${table} (text) VALUES ($1)`, [`param-${user}`]))
+          .then(() => next(), next);
+      });
+      router.post('/:org/:user', (req: Request, res: Response, next: NextFunction) => {
+        (async () => {
+          const { org, user } = req.params as { org: string; user: string };
+          await (await dbSession(db)).query(`INSERT INTO ${table} (text) VALUES ($1)`, [`handler-${user}`]);
+          if (org === 'slow') return res.json({ ok: true });
+          for (const release of parked.splice(0)) release();
+          await sleep(100); // the releaser keeps its transaction open a little
+          res.status(409).json({ conflict: true });
+        })().catch(next);
+      });
+      app.use(router);
+      const url = await listen(t, app);
+      const parkedReply = request(`${url}/slow/parked`);
+      t.ok(await eventually(() => parked.length === 1), 'parked');
+      t.equal((await request(`${url}/fast/releaser`)).status, 409);
+      t.equal((await parkedReply).status, 200);
+      t.same(
+        (await texts(table)).sort(),
+        ['handler-parked', 'param-parked'],
+        "the parked request's 200 keeps both its rows, nothing of the 409",
+      );
+      t.ok(await eventually(() => checkedOut(db) === 0));
+      t.equal((await activity(appName)).idleInTransaction, 0);
+    },
+  );
 }

@@ -5,8 +5,8 @@ import { ContextNotInitiatedError, dbSession, InvalidOptionsError, isContextInit
 import { contextDb, noContextDb } from '@context-db/express';
 import type { NextFunction, Request, Response } from 'express';
 import t from 'tap';
-import { checkedOut, createTable, testDb, texts } from '../fixtures/db.js';
-import { deferred, listen, majors, request } from '../fixtures/express.js';
+import { checkedOut, createTable, eventually, testDb, texts } from '../fixtures/db.js';
+import { deferred, listen, majors, request, sleep } from '../fixtures/express.js';
 
 t.test('contextDb() checks its options when the app is set up', async (t) => {
   const { db } = testDb(t);
@@ -93,4 +93,53 @@ for (const { name, express } of majors) {
     t.equal((await request(url)).status, 400);
     t.same((await texts(table)).sort(), ['new ctx', 'new session'], 'the 400 rolled back only the context session');
   });
+
+  for (const how of ['skip', 'noContextDb'] as const) {
+    t.test(
+      `${name}: a request opted out by ${how}() and resumed by another request stays outside any context`,
+      async (t) => {
+        const { db } = testDb(t);
+        const table = await createTable(t);
+        const parked: Array<() => void> = [];
+        const app = express();
+        app.set('env', 'test');
+        const skip = (req: Request) => req.path === '/health';
+        app.use(contextDb({ db, ...(how === 'skip' && { skip }) }));
+        const gate = (req: Request, _res: Response, next: NextFunction) => {
+          if (req.path === '/health') parked.push(() => next());
+          else next();
+        };
+        const seen = deferred<unknown>();
+        const health = (_req: Request, res: Response) => {
+          dbSession(db)
+            .then((s) => s.query(`INSERT INTO ${table} (text) VALUES ('opted out')`))
+            .then(
+              () => 'dbSession() worked',
+              (err: unknown) => err,
+            )
+            .then((outcome) => {
+              seen.resolve(outcome);
+              res.send('ok');
+            });
+        };
+        if (how === 'skip') app.get('/health', gate, health);
+        else app.get('/health', noContextDb(), gate, health);
+        app.post('/work', (_req: Request, res: Response, next: NextFunction) => {
+          (async () => {
+            await (await dbSession(db)).query(`INSERT INTO ${table} (text) VALUES ('work')`);
+            for (const release of parked.splice(0)) release();
+            await sleep(100); // the releaser keeps its transaction open a little
+            res.json({ ok: true });
+          })().catch(next);
+        });
+        const url = await listen(t, app);
+        const health200 = request(`${url}/health`, { method: 'GET' });
+        t.ok(await eventually(() => parked.length === 1), 'parked');
+        t.equal((await request(`${url}/work`)).status, 200);
+        t.equal((await health200).status, 200);
+        t.type(await seen.promise, ContextNotInitiatedError, 'dbSession() throws in the opted-out route');
+        t.same(await texts(table), ['work'], "nothing of the opted-out route in the other request's transaction");
+      },
+    );
+  }
 }

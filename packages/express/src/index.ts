@@ -34,10 +34,33 @@ type Method = (...args: unknown[]) => unknown;
 // the connection cut instead; the app's calls are dropped.
 type Phase = 'open' | 'deciding' | 'through' | 'replaced';
 
-const links = new WeakMap<Request, RequestLink>();
+// Where the rest of a request runs, found on the request itself (a property load, where a
+// WeakMap would cost every Express app in the process a hash lookup per layer).
+const kScope = Symbol('contextDb.scope');
+type ScopedRequest = Request & { [kScope]?: Scope };
+
+interface Scope {
+  /** Run one layer or param callback of the request, with a `next` that resumes the request there. */
+  around<R>(next: NextFunction, call: (next: NextFunction) => R): R;
+  /** An error reached the request's error-handling layers: it rolls the request back. */
+  fail(err: unknown): void;
+}
+
+/**
+ * An opted-out request runs its layers outside any context, even when another request's code
+ * calls its parked `next`: it must not find that request's sessions.
+ */
+function outside(): Scope {
+  const exit = (next: NextFunction) => ((err?: unknown) => runOutsideCtx(() => next(err))) as NextFunction;
+  return { around: (next, call) => runOutsideCtx(() => call(exit(next))), fail() {} };
+}
+// skip(req): a contextDb() nested below may still open a context with its own options.
+const SKIPPED = outside();
+// noContextDb(): the rest of the request stays outside.
+const OPTED_OUT = outside();
 
 /** One request's context and the hold on its response until the commit-or-rollback decision. */
-class RequestLink {
+class RequestLink implements Scope {
   error: unknown;
   readonly #req: Request;
   readonly #res: Response;
@@ -47,6 +70,7 @@ class RequestLink {
   #phase: Phase = 'open';
   #appEnded = false;
   #optedOut = false;
+  #app: unknown; // the app whose routers were last checked for param callbacks (see around())
   #fixedStatus: number | undefined; // the status of a head the app fixed with res.writeHead()
   #starved = false; // a held write returned false: the writer waits for 'drain'
   #queue: Array<{ method: Method; args: unknown[] }> = [];
@@ -55,6 +79,7 @@ class RequestLink {
     this.#req = req;
     this.#res = res;
     this.#rc = rc;
+    this.#app = req.app;
     // The methods as they are now, so middleware that wrapped them earlier (compression) still runs.
     this.#write = res.write as Method;
     this.#end = res.end as Method;
@@ -99,19 +124,24 @@ class RequestLink {
     this.#rc.useOptions(options);
   }
 
-  /** True after noContextDb(): the rest of the request runs outside any context on purpose. */
-  get optedOut(): boolean {
-    return this.#optedOut;
+  around<R>(next: NextFunction, call: (next: NextFunction) => R): R {
+    // A sub-app's router is out of reach from the app that installed contextDb(): look at it
+    // when the request enters it (req.app changes), for its param callbacks.
+    const app = this.#req.app;
+    if (app !== this.#app) {
+      this.#app = app;
+      resumeLayersInContext(app);
+    }
+    const resume = ((err?: unknown) => (this.#optedOut ? next(err) : this.#enter(() => next(err)))) as NextFunction;
+    return this.#enter(() => call(resume));
   }
 
-  /** Run one of the request's layers in its context (see wrapLayerClass). */
-  enter<R>(fn: () => R): R {
+  fail(err: unknown): void {
+    this.error ??= err;
+  }
+
+  #enter<R>(fn: () => R): R {
     return this.#rc.current ? fn() : this.#rc.run(fn);
-  }
-
-  /** The router's next() for a layer of this request, made to resume the request in its context. */
-  resume(next: NextFunction): NextFunction {
-    return (err?: unknown) => (this.#optedOut ? next(err) : this.enter(() => next(err)));
   }
 
   /** noContextDb(): finish the context now and run the rest of the request outside it. */
@@ -122,6 +152,7 @@ class RequestLink {
     }
     this.#phase = 'through';
     this.#optedOut = true;
+    (this.#req as ScopedRequest)[kScope] = OPTED_OUT;
     void this.#rc.end(this.#status(), this.error).then((failure) => {
       if (failure === undefined) runOutsideCtx(next);
       else runOutsideCtx(() => next(failure));
@@ -171,8 +202,8 @@ class RequestLink {
     }
   }
 
-  // An error recorded by contextDbErrors() rolled the request back, but the head the app fixed
-  // before the error says success: the error handler's own status cannot reach the client.
+  // An error rolled the request back, but the head the app fixed before the error says
+  // success: the error handler's own status cannot reach the client.
   #errorUnderSuccessHead(): boolean {
     return this.error !== undefined && this.#fixedStatus !== undefined && this.#fixedStatus < 400;
   }
@@ -197,9 +228,9 @@ class RequestLink {
     for (const { args } of queue) drop(args);
     if (failure !== undefined) report(this.#req, failure);
     if (res.destroyed) return;
-    if (res.headersSent) {
-      // An explicit writeHead() fixed a success status line: cut the connection rather than let
-      // a success whose data is not in the database reach the client.
+    if (res.headersSent && !forgetStoredHead(res)) {
+      // The head is on the wire: cut the connection rather than let a success whose data is
+      // not in the database reach the client.
       res.destroy();
       return;
     }
@@ -227,6 +258,17 @@ function headChanged(res: Response, head: Head): boolean {
   return names.some((name) => res.getHeader(name) !== head.headers[name]);
 }
 
+// res.writeHead() (an explicit one, or _implicitHeader() called by compression-like middleware
+// before passing the body on) only stores the head: Node sends it with the first write, which
+// the hold kept back. Forgetting the stored head lets the 500 take its place.
+function forgetStoredHead(res: Response): boolean {
+  const out = res as unknown as { _header: string | null; _headerSent: boolean; chunkedEncoding: boolean };
+  if (out._headerSent) return false;
+  out._header = null;
+  out.chunkedEncoding = false; // storing a head sets it, storing another never clears it
+  return true;
+}
+
 function restoreHead(res: Response, head: Head): void {
   for (const name of res.getHeaderNames()) if (!(name in head.headers)) res.removeHeader(name);
   for (const [name, value] of Object.entries(head.headers)) if (value !== undefined) res.setHeader(name, value);
@@ -247,39 +289,52 @@ function report(req: Request, err: unknown): void {
   if (req.app?.get('env') !== 'test') console.error(err instanceof Error ? (err.stack ?? err.message) : err);
 }
 
-// Express has no hook between layers, and a next() parked by one request's middleware (a gate,
-// a queue, a rate limiter, a session store's callback) may be called from another request's
-// code: every later layer of the parked request would then run in the other request's context
-// and use its session. The router calls each layer through the methods of its Layer class
-// (handleRequest/handleError in Express 5's router package, handle_request/handle_error in
-// Express 4), so wrapping those once puts every layer of a request with a context back in that
-// context, with a next() that resumes it there. A request without a context pays one WeakMap
-// lookup per layer.
+// Express has no hook between layers, and a next() parked by one request's middleware or param
+// callback (a gate, a queue, a rate limiter, a session store's callback) may be called from
+// another request's code: every later layer of the parked request would then run in the other
+// request's context and use its session. The router calls each layer through the methods of its
+// Layer class (handleRequest/handleError in Express 5's router package, handle_request/
+// handle_error in Express 4), and each param callback from its router's `params` lists, so
+// wrapping those puts every layer and param callback of a request back in its scope (its context,
+// or outside any for an opted-out request), with a next() that resumes it there. A request
+// without contextDb() pays one property load per layer.
 type HandleRequest = (this: unknown, req: Request, res: Response, next: NextFunction) => unknown;
 type HandleError = (this: unknown, err: unknown, req: Request, res: Response, next: NextFunction) => unknown;
+type HandleParam = (
+  this: unknown,
+  req: Request,
+  res: Response,
+  next: NextFunction,
+  value: unknown,
+  name: string,
+) => unknown;
 const wrappedLayerClasses = new WeakSet<object>();
+const wrappedParamMethods = new WeakSet<object>();
+const wrappedParams = new WeakSet<HandleParam>();
 const visitedApps = new WeakSet<object>();
 
-/** Wrap the Layer class of every router reachable from `app`, once. */
-function resumeLayersInContext(app: object | undefined): void {
-  if (app === undefined || visitedApps.has(app)) return;
+/** Wrap the Layer class and the param callbacks of every router reachable from `app`, once. */
+function resumeLayersInContext(app: unknown): void {
+  if (typeof app !== 'function' || visitedApps.has(app)) return;
   visitedApps.add(app);
   // Express 4 keeps its router in app._router (its app.router getter throws), Express 5 in app.router.
   const router = '_router' in app ? (app as { _router?: Router })._router : (app as { router?: Router }).router;
-  wrapLayers(router?.stack, new Set());
+  wrapRouter(router, new Set());
 }
 
 interface Router {
   readonly stack?: unknown;
+  readonly params?: unknown;
 }
 
-function wrapLayers(stack: unknown, seen: Set<unknown>): void {
-  if (!Array.isArray(stack) || seen.has(stack)) return;
-  seen.add(stack);
-  for (const layer of stack as Array<{ route?: Router; handle?: Router }>) {
+function wrapRouter(router: Router | undefined, seen: Set<unknown>): void {
+  if (router === undefined || !Array.isArray(router.stack) || seen.has(router)) return;
+  seen.add(router);
+  wrapParams(router);
+  for (const layer of router.stack as Array<{ route?: Router; handle?: Router }>) {
     wrapLayerClass(Object.getPrototypeOf(layer) as Record<string, unknown>);
-    wrapLayers(layer.route?.stack, seen); // a route's handlers
-    wrapLayers(layer.handle?.stack, seen); // a nested Router, possibly from another copy of the router
+    wrapRouter(layer.route, seen); // a route's handlers
+    wrapRouter(layer.handle, seen); // a nested Router, possibly from another copy of the router
   }
 }
 
@@ -289,27 +344,65 @@ function wrapLayerClass(proto: Record<string, unknown>): void {
   for (const name of ['handleRequest', 'handle_request']) {
     const handle = proto[name] as HandleRequest | undefined;
     if (typeof handle !== 'function') continue;
-    proto[name] = function handleInRequestContext(this: unknown, req: Request, res: Response, next: NextFunction) {
-      const link = links.get(req);
-      if (link === undefined || link.optedOut) return handle.call(this, req, res, next);
-      return link.enter(() => handle.call(this, req, res, link.resume(next)));
+    proto[name] = function handleInRequestScope(this: unknown, req: Request, res: Response, next: NextFunction) {
+      const scope = (req as ScopedRequest)[kScope];
+      if (scope === undefined) return handle.call(this, req, res, next);
+      return scope.around(next, (resume) => handle.call(this, req, res, resume));
     };
   }
   for (const name of ['handleError', 'handle_error']) {
     const handle = proto[name] as HandleError | undefined;
     if (typeof handle !== 'function') continue;
-    proto[name] = function handleErrorInRequestContext(
+    proto[name] = function handleErrorInRequestScope(
       this: unknown,
       err: unknown,
       req: Request,
       res: Response,
       next: NextFunction,
     ) {
-      const link = links.get(req);
-      if (link === undefined || link.optedOut) return handle.call(this, err, req, res, next);
-      return link.enter(() => handle.call(this, err, req, res, link.resume(next)));
+      const scope = (req as ScopedRequest)[kScope];
+      if (scope === undefined) return handle.call(this, err, req, res, next);
+      // Every error on its way through the layers passes here, whether or not an error handler
+      // then answers with a success status: it rolls the request back.
+      scope.fail(err);
+      return scope.around(next, (resume) => handle.call(this, err, req, res, resume));
     };
   }
+}
+
+/**
+ * Wrap the router's param callbacks in place, and its class's param() so that callbacks
+ * registered later are wrapped too. The routers call them from a private function, not a method.
+ */
+function wrapParams(router: Router): void {
+  const params = router.params;
+  if (typeof params !== 'object' || params === null) return;
+  for (const list of Object.values(params)) {
+    if (!Array.isArray(list)) continue;
+    for (let i = 0; i < list.length; i++) if (typeof list[i] === 'function') list[i] = paramInRequestScope(list[i]);
+  }
+  let owner: object | null = router;
+  while (owner !== null && !Object.hasOwn(owner, 'param')) owner = Object.getPrototypeOf(owner) as object | null;
+  if (owner === null || wrappedParamMethods.has(owner)) return;
+  wrappedParamMethods.add(owner);
+  const param = (owner as { param: Method }).param;
+  if (typeof param !== 'function') return;
+  (owner as { param: Method }).param = function paramInScope(this: Router, ...args: unknown[]) {
+    const result = param.apply(this, args);
+    wrapParams(this);
+    return result;
+  };
+}
+
+function paramInRequestScope(fn: HandleParam): HandleParam {
+  if (wrappedParams.has(fn)) return fn;
+  const wrapped: HandleParam = function (this, req, res, next, value, name) {
+    const scope = (req as ScopedRequest)[kScope];
+    if (scope === undefined) return fn.call(this, req, res, next, value, name);
+    return scope.around(next, (resume) => fn.call(this, req, res, resume, value, name));
+  };
+  wrappedParams.add(wrapped);
+  return wrapped;
 }
 
 /**
@@ -342,8 +435,10 @@ export function contextDb(options: ContextDbExpressOptions): RequestHandler {
   return function contextDbMiddleware(req, res, next) {
     resumeLayersInContext(req.app);
     req.db = helpers;
-    const outer = links.get(req);
-    if (outer !== undefined) {
+    const scoped = req as ScopedRequest;
+    const outer = scoped[kScope];
+    if (outer === OPTED_OUT) return next();
+    if (outer instanceof RequestLink) {
       // A second install on one request: a sub-app or router with a contextDb() of its own,
       // mounted under the app's. Its options are the specific ones, so they decide the rest of
       // the request, as they would with the sub-app served on its own; ignoring them would
@@ -355,10 +450,13 @@ export function contextDb(options: ContextDbExpressOptions): RequestHandler {
       }
       return;
     }
-    if (options.skip?.(req) === true) return next();
+    if (options.skip?.(req) === true) {
+      scoped[kScope] = SKIPPED;
+      return runOutsideCtx(next);
+    }
     const rc = RequestCtx.open(options);
     rc.run(() => {
-      links.set(req, new RequestLink(req, res, rc));
+      scoped[kScope] = new RequestLink(req, res, rc);
       next();
     });
   };
@@ -381,9 +479,9 @@ export function contextDb(options: ContextDbExpressOptions): RequestHandler {
  */
 export function noContextDb(): RequestHandler {
   return function noContextDbMiddleware(req, _res, next) {
-    const link = links.get(req);
-    if (link === undefined) return next();
-    link.optOut(next);
+    const scope = (req as ScopedRequest)[kScope];
+    if (scope instanceof RequestLink) scope.optOut(next);
+    else next();
   };
 }
 
@@ -405,8 +503,7 @@ export function noContextDb(): RequestHandler {
  */
 export function contextDbErrors(): ErrorRequestHandler {
   return function contextDbErrorCapture(err: unknown, req, _res, next) {
-    const link = links.get(req);
-    if (link !== undefined) link.error ??= err;
+    (req as ScopedRequest)[kScope]?.fail(err);
     next(err);
   };
 }

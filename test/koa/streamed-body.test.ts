@@ -184,3 +184,101 @@ t.test('a client that leaves while the stream has produced nothing: rolled back 
   t.same(await texts(table), []);
   t.same(errors, [], 'nothing to report: nobody is left to answer');
 });
+
+t.test('a web stream (ReadableStream, Response) that fails before its first byte rolls back, 500', async (t) => {
+  const { db, appName } = testDb(t);
+  const table = await createTable(t);
+  const app = new Koa();
+  const errors = collectErrors(app);
+  const failing = () =>
+    new ReadableStream({
+      async pull() {
+        await new Promise((resolve) => setTimeout(resolve, 5));
+        throw new Error('the web stream failed before its first chunk');
+      },
+    });
+  app.use(contextDb({ db }));
+  app.use(async (ctx) => {
+    await insert(db, table, ctx.path);
+    ctx.body = ctx.path === '/response' ? new Response(failing()) : failing();
+  });
+  const url = await serve(t, app);
+
+  for (const route of ['/readable-stream', '/response']) {
+    t.same(await request(`${url}${route}`), { status: 500, body: 'Internal Server Error' }, route);
+  }
+  t.same(await texts(table), [], 'neither request committed its row');
+  t.ok(
+    errors.length > 0 && errors.every((err) => err.message === 'the web stream failed before its first chunk'),
+    'app.on("error") gets the stream errors, and nothing else',
+  );
+  t.equal(checkedOut(db), 0);
+  t.equal((await activity(appName)).idleInTransaction, 0);
+});
+
+t.test('a web stream is sent whole after the commit, with the Content-Length it was given', async (t) => {
+  const { db } = testDb(t);
+  const table = await createTable(t);
+  const app = new Koa();
+  const chunks = ['first ', 'second'];
+  const web = () =>
+    new ReadableStream({
+      pull(controller) {
+        const chunk = chunks.shift();
+        if (chunk === undefined) controller.close();
+        else controller.enqueue(new TextEncoder().encode(chunk));
+      },
+    });
+  app.use(contextDb({ db }));
+  app.use(async (ctx) => {
+    await insert(db, table, ctx.path);
+    chunks.splice(0, chunks.length, 'first ', 'second');
+    if (ctx.path === '/response') {
+      ctx.body = new Response(web(), { status: 201, headers: { 'content-length': '12', 'x-from': 'response' } });
+    } else {
+      ctx.body = web();
+      ctx.length = 12;
+    }
+  });
+  const url = await serve(t, app);
+
+  const plain = await fetch(`${url}/readable-stream`, { method: 'POST' });
+  t.same([plain.status, plain.headers.get('content-length'), await plain.text()], [200, '12', 'first second']);
+  const response = await fetch(`${url}/response`, { method: 'POST' });
+  t.same(
+    [response.status, response.headers.get('content-length'), response.headers.get('x-from'), await response.text()],
+    [201, '12', 'response', 'first second'],
+  );
+  t.same(await texts(table), ['/readable-stream', '/response'], 'both committed');
+});
+
+t.test('a client that leaves while a web stream has produced nothing: rolled back, stream cancelled', async (t) => {
+  const { db, appName } = testDb(t);
+  const table = await createTable(t);
+  const app = new Koa();
+  const errors = collectErrors(app);
+  let cancelled = false;
+  app.use(contextDb({ db }));
+  app.use(async (ctx) => {
+    await insert(db, table, 'waiting');
+    // A long poll that never produces.
+    ctx.body = new ReadableStream({
+      cancel() {
+        cancelled = true;
+      },
+    });
+  });
+  const url = await serve(t, app);
+  const req = http.request(url, { method: 'POST', agent: false });
+  req.on('error', () => {});
+  req.end();
+  t.ok(await eventually(async () => (await activity(appName)).idleInTransaction === 1), 'the commit waits');
+  req.destroy();
+  t.ok(
+    await eventually(async () => checkedOut(db) === 0 && (await activity(appName)).idleInTransaction === 0),
+    'released once the client left',
+  );
+  t.ok(await eventually(() => cancelled), 'the web stream was cancelled');
+  t.same(await texts(table), []);
+  t.same(errors, [], 'nothing to report: nobody is left to answer');
+});

@@ -1,4 +1,5 @@
-import type { Readable } from 'node:stream';
+import { validateHeaderValue } from 'node:http';
+import { Readable } from 'node:stream';
 import {
   type ContextDbOptions,
   createDbHelpers,
@@ -58,11 +59,11 @@ const ownHelpers = new WeakSet<DbHelpers>();
 /**
  * Koa middleware that runs the rest of the request in a context-db context and ends it after
  * `await next()`, before Koa writes the response: committed when nothing threw and
- * `commitOn(ctx.status)` holds (default `< 400`), otherwise rolled back, then released. A streamed
- * body is awaited up to its first chunk first, so that a stream failing before any byte rolls
- * back. A COMMIT that fails reaches Koa's error path as a 500 (not exposed); a thrown error is
- * rethrown after the rollback; a client that goes away rolls back at once. Install it before the
- * router.
+ * `commitOn(ctx.status)` holds (default `< 400`), otherwise rolled back, then released. What Koa
+ * would fail at while responding is tried first (a streamed body's first chunk, a JSON body, the
+ * status message), so that such a failure rolls back. A COMMIT that fails reaches Koa's error path
+ * as a 500 (not exposed); a thrown error is rethrown after the rollback; a client that goes away
+ * rolls back at once. Install it before the router.
  *
  * @example
  * ```ts
@@ -108,20 +109,15 @@ export function contextDb<StateT = DefaultState, ContextT = DefaultContext>(
         cutIfHeadSent(ctx);
         throw error;
       }
-      // Koa pipes a streamed body only after the chain returns. Its first chunk is awaited here,
-      // before the commit, so that a stream failing before any byte (a missing file, a generator
-      // that throws) rolls back instead of committing and then cutting the connection. Without
-      // this, such a stream errors with nobody listening while the COMMIT runs: the process dies.
-      const streamError = await streamFailure(ctx, rc);
-      if (streamError !== undefined) {
-        await rc.end(ctx.status, streamError);
+      // A request that made no session has nothing to decide: its response is left to Koa.
+      const respondError = rc.idle ? undefined : await respondFailure(ctx);
+      if (respondError !== undefined) {
+        await rc.end(ctx.status, respondError);
         // A client that went away needs no answer; its rollback is all there is to do.
         if (!ctx.writable) return;
         cutIfHeadSent(ctx);
-        throw asServerError(streamError);
+        throw asServerError(respondError);
       }
-      // Koa sends the body only after the middleware chain returns, so the outcome is settled
-      // before the first byte.
       const failure = await rc.end(ctx.status);
       if (failure !== undefined) {
         cutIfHeadSent(ctx);
@@ -246,33 +242,57 @@ function claimDb(ctx: object): void {
   }
 }
 
-// Koa answers these without a body, and a HEAD without reading it: such a stream is never piped.
+// Koa answers these without a body, and a HEAD without reading it.
 const EMPTY_STATUSES = new Set([204, 205, 304]);
 
-/** The error of a streamed body that failed before its first chunk, if it did. */
-async function streamFailure<StateT, ContextT>(
-  ctx: ParameterizedContext<StateT, ContextT>,
-  rc: RequestCtx,
-): Promise<unknown> {
-  const body: unknown = ctx.body;
-  // A request that made no session has nothing to decide: the stream is left to Koa.
-  if (rc.idle || !isReadable(body)) return undefined;
-  if (ctx.respond === false || ctx.method === 'HEAD' || EMPTY_STATUSES.has(ctx.status)) return undefined;
+/**
+ * The error Koa's respond() would meet after the commit, tried before it: a streamed body that
+ * fails before its first chunk, a body JSON.stringify refuses (a BigInt, a cycle), a status
+ * message Node refuses in the head. Afterwards the failure would be a 500 with the work committed.
+ */
+async function respondFailure<StateT, ContextT>(ctx: ParameterizedContext<StateT, ContextT>): Promise<unknown> {
+  if (ctx.respond === false) return undefined;
   try {
-    await firstChunk(body);
+    // Node refuses CR, LF and other control characters in the status line (ctx.message); it
+    // checks a status message with the same rule as a header value.
+    const message = ctx.headerSent || ctx.req.httpVersionMajor >= 2 ? '' : ctx.res.statusMessage;
+    if (message) validateHeaderValue('statusMessage', message);
+    if (ctx.method !== 'HEAD' && !EMPTY_STATUSES.has(ctx.status)) await tryBody(ctx, ctx.body);
     return undefined;
   } catch (error) {
     return error;
   }
 }
 
-function isReadable(body: unknown): body is Readable {
-  return (
-    typeof body === 'object' &&
-    body !== null &&
-    typeof (body as Readable).pipe === 'function' &&
-    typeof (body as Readable).read === 'function'
-  );
+/** Throws, or rejects with, what Koa would meet sending `body`. */
+async function tryBody<StateT, ContextT>(ctx: ParameterizedContext<StateT, ContextT>, body: unknown): Promise<void> {
+  if (body === null || body === undefined || typeof body === 'string' || Buffer.isBuffer(body)) return;
+  // In memory: nothing can fail.
+  if (body instanceof Blob) return;
+  if (typeof (body as Readable).pipe === 'function') {
+    // Koa pipes a stream only after the chain returns; without this wait, a stream failing first
+    // (a missing file, a generator that throws) errors with nobody listening while COMMIT runs.
+    if (typeof (body as Readable).read === 'function') await firstChunk(body as Readable);
+    return;
+  }
+  const web = body instanceof Response ? body.body : body instanceof ReadableStream ? body : undefined;
+  if (web === undefined) {
+    // Serialised again by Koa: storing the string instead would change ctx.body for the
+    // middleware above this one (koa-json, envelopes), which still runs after the commit.
+    JSON.stringify(body);
+    return;
+  }
+  if (web !== null) await firstChunk(nodeBody(ctx, web));
+}
+
+// Reading a web stream's first chunk locks it, so Koa is given the Node stream that read it.
+function nodeBody<StateT, ContextT>(ctx: ParameterizedContext<StateT, ContextT>, web: ReadableStream): Readable {
+  const stream = Readable.fromWeb(web);
+  // Koa's body setter drops Content-Length when it replaces a body; the length still holds.
+  const length = ctx.res.getHeader('Content-Length');
+  ctx.body = stream;
+  if (length !== undefined) ctx.res.setHeader('Content-Length', length);
+  return stream;
 }
 
 /**

@@ -61,7 +61,7 @@ const OPTED_OUT = outside();
 
 /** One request's context and the hold on its response until the commit-or-rollback decision. */
 class RequestLink implements Scope {
-  error: unknown;
+  #error: unknown; // the first error that reached the error-handling layers
   readonly #req: Request;
   readonly #res: Response;
   readonly #rc: RequestCtx;
@@ -137,7 +137,7 @@ class RequestLink implements Scope {
   }
 
   fail(err: unknown): void {
-    this.error ??= err;
+    this.#error ??= err;
   }
 
   #enter<R>(fn: () => R): R {
@@ -153,7 +153,7 @@ class RequestLink implements Scope {
     this.#phase = 'through';
     this.#optedOut = true;
     (this.#req as ScopedRequest)[kScope] = OPTED_OUT;
-    void this.#rc.end(this.#status(), this.error).then((failure) => {
+    void this.#rc.end(this.#status(), this.#error).then((failure) => {
       if (failure === undefined) runOutsideCtx(next);
       else runOutsideCtx(() => next(failure));
     });
@@ -165,7 +165,7 @@ class RequestLink implements Scope {
     if (this.#phase === 'open' && this.#rc.idle) {
       // No session was made: nothing to commit, so nothing to hold back.
       this.#phase = 'through';
-      void this.#rc.end(this.#status(), this.error);
+      void this.#rc.end(this.#status(), this.#error);
       return method.apply(this.#res, args) !== false;
     }
     this.#queue.push({ method, args });
@@ -186,7 +186,7 @@ class RequestLink implements Scope {
   async #decide(): Promise<void> {
     const res = this.#res;
     const head = { statusCode: this.#status(), statusMessage: res.statusMessage, headers: res.getHeaders() };
-    const failure = await this.#rc.end(head.statusCode, this.error);
+    const failure = await this.#rc.end(head.statusCode, this.#error);
     const queue = this.#queue;
     this.#queue = [];
     const replaced = failure !== undefined || this.#errorUnderSuccessHead();
@@ -205,7 +205,7 @@ class RequestLink implements Scope {
   // An error rolled the request back, but the head the app fixed before the error says
   // success: the error handler's own status cannot reach the client.
   #errorUnderSuccessHead(): boolean {
-    return this.error !== undefined && this.#fixedStatus !== undefined && this.#fixedStatus < 400;
+    return this.#error !== undefined && this.#fixedStatus !== undefined && this.#fixedStatus < 400;
   }
 
   /** The outcome stands: send the response as the app made it. */
@@ -411,10 +411,10 @@ function paramInRequestScope(fn: HandleParam): HandleParam {
  * its response (`res.json`, `res.send`, `res.end`, `res.redirect`) or writes its first chunk,
  * the response is held back until the sessions are committed (status below 400 by default) or
  * rolled back, so no byte reaches the client before the outcome is durable; a failed COMMIT
- * turns the response into a 500. A client that goes away rolls back at once. Add
- * `contextDbErrors()` after the routes so that errors roll back whatever status an error
- * handler answers with. Every middleware and handler of the request runs in its context, even
- * when a `next` parked by a gate is called from another request's code. A `contextDb()` in a
+ * turns the response into a 500. A client that goes away rolls back at once. An error passed
+ * to Express's error handling rolls back whatever status an error handler answers with. Every
+ * middleware, handler and param callback of the request runs in its context (or, once opted
+ * out, outside any), even when a `next` parked by a gate is called from another request's code. A `contextDb()` in a
  * sub-app or router under another one applies its own options to the rest of the request.
  *
  * @example
@@ -486,12 +486,10 @@ export function noContextDb(): RequestHandler {
 }
 
 /**
- * Error middleware that records an error passed to `next(err)` (or thrown, or an async
- * handler's rejection in Express 5) so that the request rolls back even if an error handler
- * answers with a status below 400. Mount it after the routes and before your error handlers;
- * it passes the error on. Without it, errors still roll back whenever the response status is
- * 400 or more, which Express's default error handler always sends. Express 4 does not catch
- * async handlers' rejections: call `next(err)` there.
+ * Error middleware that records an error passed to `next(err)` so that the request rolls back,
+ * and passes it on. `contextDb()` now records every error that reaches Express's error
+ * handling by itself, so this is optional, kept for apps that mount it. Express 4 does not
+ * catch async handlers' rejections: call `next(err)` there.
  *
  * @example
  * ```ts

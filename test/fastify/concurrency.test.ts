@@ -10,7 +10,7 @@ t.test(`${REQUESTS} concurrent requests, half failing in mixed ways, through a p
   const { db, appName } = testDb(t, { max: 10 });
   const table = await deferredTable(t);
   await admin.query(`INSERT INTO ${table} (text, key) VALUES ('existing', 'taken')`);
-  const app = probeApp(t, db, table);
+  const app = await probeApp(t, db, table);
   await app.ready();
 
   // Even requests succeed; odd ones fail in turn by a throw, a 4xx, a 5xx and a failed COMMIT.

@@ -19,7 +19,7 @@ interface Query {
 t.test('a hijacked reply is decided by the status in the head it sent, not one set after', async (t) => {
   const { db, appName } = testDb(t);
   const table = await createTable(t);
-  const app = probeApp(t, db, table);
+  const app = await probeApp(t, db, table);
   app.get<{ Querystring: Query }>('/hijack', async (request, reply) => {
     const { text, sent, after, head } = request.query;
     reply.hijack();

@@ -9,7 +9,7 @@ import { probeApp, slowCommitTable } from '../fixtures/fastify.js';
 t.test('a query fired after the reply, while the COMMIT runs, fails with SessionClosedError', async (t) => {
   const { db, appName } = testDb(t);
   const table = await slowCommitTable(t, 0.3);
-  const app = probeApp(t, db, table);
+  const app = await probeApp(t, db, table);
   let late: Promise<unknown> = Promise.resolve('not fired');
   app.post('/fire-and-forget', async (request, reply) => {
     const session = await request.db.session();

@@ -10,7 +10,7 @@ import { exampleApp, probeApp } from '../fixtures/fastify.js';
 t.test('2xx commits; a throw, a 4xx and a 5xx roll back', async (t) => {
   const { db, appName } = testDb(t);
   const table = await createTable(t);
-  const app = probeApp(t, db, table);
+  const app = await probeApp(t, db, table);
   const cases = [
     { body: { text: 'ok-200' }, status: 200 },
     { body: { text: 'ok-201', status: 201 }, status: 201 },
@@ -31,8 +31,9 @@ t.test('2xx commits; a throw, a 4xx and a 5xx roll back', async (t) => {
 t.test('an error rolls back even when the error handler answers 2xx', async (t) => {
   const { db } = testDb(t);
   const table = await createTable(t);
-  const app = probeApp(t, db, table);
-  app.setErrorHandler(async (_error, _request, reply) => reply.code(200).send({ handled: true }));
+  const app = await probeApp(t, db, table, {}, {}, (app) =>
+    app.setErrorHandler(async (_error, _request, reply) => reply.code(200).send({ handled: true })),
+  );
   const res = await app.inject({ method: 'POST', url: '/write', payload: { text: 'thrown', throw: true } });
   t.equal(res.statusCode, 200);
   t.same(await texts(table), [], 'rolled back: the error decides, not the status');
@@ -42,7 +43,7 @@ t.test('commitOn and beforeCommit', async (t) => {
   const { db } = testDb(t);
   const table = await createTable(t);
   const seen: boolean[] = [];
-  const app = probeApp(t, db, table, {
+  const app = await probeApp(t, db, table, {
     commitOn: (status) => status < 500,
     beforeCommit: (session) => {
       seen.push(session.inTransaction);
@@ -57,7 +58,7 @@ t.test('commitOn and beforeCommit', async (t) => {
 t.test('a POST with a JSON body finds its session in the handler', async (t) => {
   const { db } = testDb(t);
   const table = await createTable(t);
-  const app = probeApp(t, db, table);
+  const app = await probeApp(t, db, table);
   let sameSession = false;
   // Fastify runs the handler of a request with a body from the body stream's 'end' callback.
   app.post<{ Body: { text: string } }>('/echo', async (request) => {
@@ -75,7 +76,7 @@ t.test('a POST with a JSON body finds its session in the handler', async (t) => 
 t.test('a hook that resumes the request from another async context does not lose its session', async (t) => {
   const { db } = testDb(t);
   const table = await createTable(t);
-  const app = probeApp(t, db, table);
+  const app = await probeApp(t, db, table);
   // A callback-style gate (a throttle, a queue): parked callbacks run on the stack of whoever
   // opens it, here another request's handler, so in that request's async context.
   const parked: (() => void)[] = [];
@@ -127,7 +128,7 @@ t.test('an opted-out route runs without a context', async (t) => {
 t.test('a schema validation failure answers 400 and holds nothing', async (t) => {
   const { db, appName } = testDb(t);
   const table = await createTable(t);
-  const app = probeApp(t, db, table);
+  const app = await probeApp(t, db, table);
   const res = await app.inject({ method: 'POST', url: '/write', payload: { status: 200 } });
   t.equal(res.statusCode, 400);
   t.equal(res.json().code, 'FST_ERR_VALIDATION');
@@ -165,7 +166,7 @@ t.test('a 404 runs in a context of its own that is rolled back and released', as
 t.test('a hijacked reply is finished when its raw response closes', async (t) => {
   const { db, appName } = testDb(t);
   const table = await createTable(t);
-  const app = probeApp(t, db, table);
+  const app = await probeApp(t, db, table);
   app.post<{ Querystring: { status: string } }>('/hijack', async (request, reply) => {
     reply.hijack();
     await (await request.db.session()).query(`INSERT INTO ${table} (text) VALUES ($1)`, [
@@ -190,7 +191,7 @@ t.test('a hijacked reply is finished when its raw response closes', async (t) =>
 t.test('request.db helpers are bound to the plugin db', async (t) => {
   const { db } = testDb(t);
   const table = await createTable(t);
-  const app = probeApp(t, db, table);
+  const app = await probeApp(t, db, table);
   app.post('/helpers', async (request) => {
     await request.db.newAtomicSession((s) => s.query(`INSERT INTO ${table} (text) VALUES ('new-atomic')`));
     await request.db.newSession(async (s) => {

@@ -9,7 +9,7 @@ t.test('a header value Node refuses answers 500 and rolls back, without crashing
   const seen = crashes(t);
   const { db, appName } = testDb(t);
   const table = await createTable(t);
-  const app = probeApp(t, db, table);
+  const app = await probeApp(t, db, table);
   app.post('/bad-header', async (request, reply) => {
     await (await request.db.session()).query(`INSERT INTO ${table} (text) VALUES ('bad-header')`);
     return reply.header('x-note', 'line one\nline two').send({ ok: true });
@@ -56,7 +56,7 @@ for (const [name, handler] of Object.entries(twice)) {
     const { db, appName } = testDb(t);
     const table = await deferredTable(t);
     await admin.query(`INSERT INTO ${table} (text, key) VALUES ('existing', 'taken')`);
-    const app = probeApp(t, db, table);
+    const app = await probeApp(t, db, table);
     app.post<{ Querystring: { key: string } }>('/twice', async (request, reply) => {
       const text = `${name} ${request.query.key}`;
       await (await request.db.session()).query(`INSERT INTO ${table} (text, key) VALUES ($1, $2)`, [
@@ -89,7 +89,7 @@ t.test('the 500 that replaces a failed commit carries none of the success header
   const { db } = testDb(t);
   const table = await deferredTable(t);
   await admin.query(`INSERT INTO ${table} (text, key) VALUES ('existing', 'taken')`);
-  const app = probeApp(t, db, table);
+  const app = await probeApp(t, db, table);
   app.post('/created', async (request, reply) => {
     await (await request.db.session()).query(`INSERT INTO ${table} (text, key) VALUES ('new', 'taken')`);
     return reply
@@ -107,4 +107,21 @@ t.test('the 500 that replaces a failed commit carries none of the success header
   t.equal(res.headers['x-item-id'], undefined, 'no other header of the handler');
   t.match(res.headers['content-type'], /application\/json/, "the error's own headers");
   t.same(await texts(table), ['existing']);
+});
+
+t.test('an error handler that throws answers 500 and rolls back, without crashing the process', async (t) => {
+  const seen = crashes(t);
+  const { db, appName } = testDb(t);
+  const table = await createTable(t);
+  const app = await probeApp(t, db, table, {}, {}, (app) =>
+    app.setErrorHandler(() => {
+      throw new Error('the error handler itself failed');
+    }),
+  );
+  const res = await app.inject({ method: 'POST', url: '/write', payload: { text: 'thrown', throw: true } });
+  t.equal(res.statusCode, 500);
+  t.same(await texts(table), []);
+  t.ok(await eventually(() => checkedOut(db) === 0), 'nothing checked out');
+  t.equal((await activity(appName)).idleInTransaction, 0);
+  t.same(seen, [], 'no unhandled rejection or uncaught exception');
 });

@@ -18,7 +18,7 @@ t.test('a failed COMMIT answers 500 without the constraint, table or key; the lo
   const table = await createTable(t, `key text, CONSTRAINT ${constraint} UNIQUE (key) DEFERRABLE INITIALLY DEFERRED`);
   await admin.query(`INSERT INTO ${table} (text, key) VALUES ('existing', 'secret-key-value')`);
   const { logger, lines } = logCapture();
-  const app = probeApp(t, db, table, {}, { logger });
+  const app = await probeApp(t, db, table, {}, { logger });
   const res = await app.inject({ method: 'POST', url: '/write', payload: { text: 'dup', key: 'secret-key-value' } });
   t.equal(res.statusCode, 500);
   t.equal(res.json().code, 'COMMIT_FAILED');
@@ -33,7 +33,7 @@ t.test('a full pool answers 503 without its size or timeout; the log has them', 
   const { db } = testDb(t, { max: 3, connectionTimeoutMillis: 137 });
   const table = await createTable(t);
   const { logger, lines } = logCapture();
-  const app = probeApp(t, db, table, {}, { logger });
+  const app = await probeApp(t, db, table, {}, { logger });
   // Three requests hold the three connections while a fourth asks for one.
   const holding = Array.from({ length: 3 }, (_, i) =>
     app.inject({ method: 'POST', url: '/write', payload: { text: `holder-${i}`, delayMs: 600 } }),
@@ -51,7 +51,7 @@ t.test('an unreachable database answers 503 without its host or port; the log ha
   t.teardown(() => db.close());
   const table = uniqueName('never_created');
   const { logger, lines } = logCapture();
-  const app = probeApp(t, db, table, {}, { logger });
+  const app = await probeApp(t, db, table, {}, { logger });
   const res = await app.inject({ method: 'POST', url: '/write', payload: { text: 'unreachable' } });
   t.equal(res.statusCode, 503, res.body);
   t.notMatch(res.body, /127\.0\.0\.1|:1\b|ECONNREFUSED|postgres:\/\//, 'the body shows neither host nor port');

@@ -1,15 +1,19 @@
 import { type ServerResponse, validateHeaderName, validateHeaderValue } from 'node:http';
 import { Readable } from 'node:stream';
+import type { ReadableStream as WebReadableStream } from 'node:stream/web';
 import {
   type ContextDbOptions,
   createDbHelpers,
   type DbHelpers,
   firstChunk,
+  isContextInitiated,
   RequestCtx,
+  runOutsideCtx,
   validateContextDbOptions,
 } from '@context-db/core';
 import {
   errorCodes,
+  type FastifyContextConfig,
   type FastifyPluginAsync,
   type FastifyReply,
   type FastifyRequest,
@@ -49,7 +53,18 @@ interface RequestState {
   held: Readable | undefined;
   /** A second send was dropped while deciding (it may have changed the status or headers). */
   dropped: boolean;
+  /** The route's own last onSend hook decides (see onRoute); the global one only re-enters. */
+  readonly routeDecides: boolean;
 }
+
+// An opted-out request (config.contextDb false): its hooks and handler run outside any context,
+// even when another request's code resumes them.
+const OUTSIDE = 'outside';
+type Entry = RequestState | typeof OUTSIDE;
+
+// Set on the config of the routes onRoute saw: their deciding hook is their last onSend.
+const routeDecides = Symbol('context-db route decides');
+type MarkedConfig = { readonly [routeDecides]?: true };
 
 type Headers = ReturnType<FastifyReply['getHeaders']>;
 
@@ -60,7 +75,7 @@ interface Head {
 
 // Module-level rather than per plugin instance: a second registration in a child scope finds the
 // request's state and joins it, so one request keeps one context and one transaction.
-const states = new WeakMap<FastifyRequest, RequestState>();
+const states = new WeakMap<FastifyRequest, Entry>();
 
 // Async so that a thrown InvalidOptionsError rejects register()/ready() instead of crashing.
 const plugin: FastifyPluginAsync<ContextDbPluginOptions> = async (fastify, options) => {
@@ -75,9 +90,13 @@ const plugin: FastifyPluginAsync<ContextDbPluginOptions> = async (fastify, optio
   });
 
   fastify.addHook('onRequest', (request, reply, next) => {
-    if (request.routeOptions.config.contextDb === false) return next();
+    const config: FastifyContextConfig & MarkedConfig = request.routeOptions.config;
+    if (config.contextDb === false) {
+      states.set(request, OUTSIDE);
+      return leave(next);
+    }
     const joined = states.get(request);
-    if (joined !== undefined) {
+    if (joined !== undefined && joined !== OUTSIDE) {
       // Registered again in a child scope with options of its own: those, the more specific,
       // decide this request's outcome (silently keeping the outer ones would commit what the
       // child meant to roll back).
@@ -91,6 +110,7 @@ const plugin: FastifyPluginAsync<ContextDbPluginOptions> = async (fastify, optio
       sentStatus: undefined,
       held: undefined,
       dropped: false,
+      routeDecides: config[routeDecides] === true,
     };
     states.set(request, state);
     recordSentStatus(reply.raw, state);
@@ -100,63 +120,94 @@ const plugin: FastifyPluginAsync<ContextDbPluginOptions> = async (fastify, optio
     state.rc.run(next);
   });
 
-  // Re-enter the request's context at the start of each phase before the handler, and around
-  // each of the route's own hooks (the last one right before the handler, so that the handler and
-  // everything Fastify does with its result run in it too). onRoute sees only routes declared
-  // once the plugin has loaded; the phase-start hooks apply to every route.
+  // A hook that parks the request and is resumed from another request's code leaves the rest of
+  // the chain in that request's context. Re-enter the request's own at the start of each phase
+  // (the app's hooks of a phase follow these, the plugin being registered first) and around
+  // each of the route's own hooks, which run after the app's; the last preHandler one right
+  // before the handler. onRoute sees only routes declared once the plugin has loaded; the
+  // phase-start hooks apply to every route.
+  fastify.addHook('preParsing', reenterPassing);
   fastify.addHook('preValidation', reenter);
   fastify.addHook('preHandler', reenter);
+  fastify.addHook('preSerialization', reenterPassing);
   fastify.addHook('onRoute', (route) => {
+    route.onRequest = aroundEach(route.onRequest, reenter);
+    route.preParsing = aroundEach(route.preParsing, reenterPassing);
+    route.preValidation = aroundEach(route.preValidation, reenter);
+    route.preHandler = aroundEach(route.preHandler, reenter, true);
+    route.preSerialization = aroundEach(route.preSerialization, reenterPassing);
     if (route.config?.contextDb === false) return;
-    route.preValidation = aroundEach(route.preValidation);
-    route.preHandler = aroundEach(route.preHandler);
+    // Route-level onSend hooks run after the app's: deciding in the app-level hook would commit
+    // before one of them fails, so the route's own last hook decides. Only the HEAD twin Fastify
+    // adds to a GET route ends with a hook of Fastify's that must run after the decision: it
+    // drops the body, a stream unread, so a stream failing before its first chunk would commit.
+    const own = toArray(route.onSend).filter((hook) => hook !== decideOnSend);
+    const head = own.at(-1)?.name === 'headRouteOnSendHandler' ? own.splice(-1) : [];
+    route.onSend = [...aroundEach(own, reenterPassing), decideOnSend, ...head];
+    const marked: MarkedConfig = { [routeDecides]: true };
+    route.config = { ...route.config, ...marked };
   });
 
   fastify.addHook('onError', (request, _reply, error, next) => {
     const state = states.get(request);
-    if (state !== undefined && state.error === undefined) state.error = error;
+    if (state !== undefined && state !== OUTSIDE && state.error === undefined) state.error = error;
     next();
   });
 
-  // onSend runs before any byte of the response is written: the last moment a failed commit can
-  // still turn the response into an error. A callback hook, not an async one: a request that
-  // made no session passes without a promise.
+  // For a route onRoute did not see (declared before the plugin loaded, the 404 handler), the
+  // app-level onSend decides; for the others it only re-enters.
   fastify.addHook('onSend', (request, reply, payload, done) => {
     const state = states.get(request);
-    if (state === undefined || state.phase === 'decided') return done(null, payload);
-    if (state.phase === 'deciding') {
-      // A second send while the first waits for its COMMIT: Fastify alone would have written
-      // the first and refused this one, so drop it. An undefined payload is Fastify sending an
-      // async handler's undefined result after `reply.send(x)` without `return reply`, which it
-      // skips silently when the first send is out; anything else it warns about.
-      state.dropped = true;
-      if (payload !== undefined) {
-        reply.log.warn({ err: new errorCodes.FST_ERR_REP_ALREADY_SENT(request.url, request.method) });
-      }
-      return;
-    }
-    if (state.rc.idle) {
-      state.phase = 'decided';
-      void state.rc.end(reply.statusCode, state.error);
-      return done(null, payload);
-    }
-    state.phase = 'deciding';
-    decide(state, reply, payload, done);
+    if (state === undefined || state === OUTSIDE || state.routeDecides) return resume(request, done);
+    decideOnSend(request, reply, payload, done);
   });
 };
+
+type OnSendDone = Parameters<onSendHookHandler>[3];
+
+// onSend runs before any byte of the response is written: the last moment a failed commit can
+// still turn the response into an error. A callback hook, not an async one: a request that
+// made no session passes without a promise.
+function decideOnSend(request: FastifyRequest, reply: FastifyReply, payload: unknown, done: OnSendDone): void {
+  const state = states.get(request);
+  if (state === undefined || state === OUTSIDE || state.phase === 'decided') {
+    done(null, payload);
+  } else if (state.phase === 'deciding') {
+    // A second send while the first waits for its COMMIT: Fastify alone would have written
+    // the first and refused this one, so drop it. An undefined payload is Fastify sending an
+    // async handler's undefined result after `reply.send(x)` without `return reply`, which it
+    // skips silently when the first send is out; anything else it warns about.
+    state.dropped = true;
+    if (payload !== undefined) {
+      reply.log.warn({ err: new errorCodes.FST_ERR_REP_ALREADY_SENT(request.url, request.method) });
+    }
+  } else if (state.rc.idle) {
+    state.phase = 'decided';
+    void state.rc.end(reply.statusCode, state.error);
+    done(null, payload);
+  } else {
+    state.phase = 'deciding';
+    decide(state, reply, payload, done);
+  }
+}
 
 /**
  * Commit or roll back, then let Fastify write the first send, or hand it the error that replaces
  * it. Whatever would fail before the first byte decides first: a header Node refuses, a stream
  * body that fails before its first chunk.
  */
-function decide(state: RequestState, reply: FastifyReply, payload: unknown, done: OnSendDone): void {
+function decide(state: RequestState, reply: FastifyReply, sent: unknown, done: OnSendDone): void {
+  const payload = holdable(reply, sent);
   const head: Head = { statusCode: reply.statusCode, headers: reply.getHeaders() };
+  const errorBefore = state.error;
   const outcome = (early?: unknown): void => {
     state.held = undefined;
+    // An error reported while the first send was held (a throw after `reply.send(stream)`)
+    // rolls back, so it must be the response too, not the held send.
+    const late = state.error === errorBefore ? undefined : state.error;
     void state.rc.end(head.statusCode, state.error ?? early).then((failure) => {
       state.phase = 'decided';
-      const error = failure ?? early;
+      const error = failure ?? early ?? late;
       if (error !== undefined) return replaceWithError(reply, error, done);
       // A dropped second send (or the error handler of a throw after the first send) may have
       // changed the head: the first send goes out as it was sent.
@@ -175,7 +226,17 @@ function decide(state: RequestState, reply: FastifyReply, payload: unknown, done
   }
 }
 
-type OnSendDone = Parameters<onSendHookHandler>[3];
+// A web stream body (or a Response's) would be read only after the decision: as a Node stream it
+// can be held until its first chunk like any other. A Response also brings the status and
+// headers, which Fastify would apply after onSend: apply them now, before the decision.
+function holdable(reply: FastifyReply, payload: unknown): unknown {
+  if (payload instanceof Response && !payload.bodyUsed) {
+    reply.code(payload.status);
+    for (const [name, value] of payload.headers) reply.header(name, value);
+    payload = payload.body;
+  }
+  return payload instanceof ReadableStream ? Readable.fromWeb(payload as WebReadableStream) : payload;
+}
 
 function write(payload: unknown, done: OnSendDone): void {
   try {
@@ -227,18 +288,37 @@ function recordSentStatus(res: ServerResponse, state: RequestState): void {
   } as ServerResponse['writeHead'];
 }
 
-// A callback-style hook (a gate, a queue, a rate limiter) may resume the request from another
-// request's code, in that request's async context: re-enter this request's own.
-function reenter(request: FastifyRequest, _reply: FastifyReply, next: HookHandlerDoneFunction): void {
+function resume(request: FastifyRequest, next: () => void): void {
   const state = states.get(request);
-  if (state === undefined || state.rc.current) next();
+  if (state === undefined) next();
+  else if (state === OUTSIDE) leave(next);
+  else if (state.rc.current) next();
   else state.rc.run(next);
 }
 
-/** `[reenter, hook1, reenter, hook2, …, reenter]`, the same when applied twice. */
-function aroundEach<H>(hooks: H | H[] | undefined): (H | typeof reenter)[] {
-  const own = (hooks === undefined ? [] : Array.isArray(hooks) ? hooks : [hooks]).filter((hook) => hook !== reenter);
-  return [...own.flatMap((hook) => [reenter, hook]), reenter];
+function leave(next: () => void): void {
+  if (isContextInitiated()) runOutsideCtx(next);
+  else next();
+}
+
+// Hook shapes: (request, reply, done) and, for the phases that pass a payload on,
+// (request, reply, payload, done), where done() without a payload keeps it.
+function reenter(request: FastifyRequest, _reply: FastifyReply, done: HookHandlerDoneFunction): void {
+  resume(request, done);
+}
+
+function reenterPassing(request: FastifyRequest, _reply: FastifyReply, _payload: unknown, done: () => void): void {
+  resume(request, done);
+}
+
+function toArray<H>(hooks: H | H[] | undefined): H[] {
+  return hooks === undefined ? [] : Array.isArray(hooks) ? hooks : [hooks];
+}
+
+/** `[re, hook1, re, hook2, …, re]`, the same when applied twice; no hooks stay none unless `always`. */
+function aroundEach<H, R>(hooks: H | H[] | undefined, re: R, always = false): (H | R)[] {
+  const own = toArray(hooks).filter((hook) => hook !== (re as unknown));
+  return own.length === 0 && !always ? [] : [...own.flatMap((hook) => [re, hook]), re];
 }
 
 function onClose(state: RequestState, reply: FastifyReply): void {

@@ -107,7 +107,8 @@ for (const { name, express } of majors) {
     t.same(await texts(table), ['releaser'], "the error handler's row rolled back with its own request's error");
   });
 
-  // Param callbacks are not layers: the routers call them from a private function.
+  // Param callbacks are not layers: the routers call them from a private function. A sub-app's
+  // are in sub-app-interleaving.test.ts.
   t.test(
     `${name}: a request parked in a param callback and released by another commits by its own status`,
     async (t) => {

@@ -270,3 +270,17 @@ t.test("a Response body decides by the Response's status and holds its stream", 
   t.same(await texts(table), ['created'], 'the 404 and the body that failed first rolled back');
   await nothingHeld(t, db, appName);
 });
+
+t.test('a web stream that cannot be read (locked) rolls back and answers 500', async (t) => {
+  const { db, appName } = testDb(t);
+  const table = await createTable(t);
+  const { app } = await streamApp(t, db, table, () => {
+    const body = webStream(['never read']);
+    body.getReader(); // someone else holds it
+    return body;
+  });
+  const res = await app.inject({ method: 'GET', url: '/stream?text=locked' });
+  t.equal(res.statusCode, 500);
+  t.same(await texts(table), [], 'rolled back');
+  await nothingHeld(t, db, appName);
+});

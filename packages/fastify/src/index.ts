@@ -197,7 +197,14 @@ function decideOnSend(request: FastifyRequest, reply: FastifyReply, payload: unk
  * body that fails before its first chunk.
  */
 function decide(state: RequestState, reply: FastifyReply, sent: unknown, done: OnSendDone): void {
-  const payload = holdable(reply, sent);
+  let payload = sent;
+  let refused: unknown;
+  try {
+    payload = holdable(reply, sent);
+    validateHeaders(reply.getHeaders());
+  } catch (err) {
+    refused = err;
+  }
   const head: Head = { statusCode: reply.statusCode, headers: reply.getHeaders() };
   const errorBefore = state.error;
   const outcome = (early?: unknown): void => {
@@ -215,9 +222,8 @@ function decide(state: RequestState, reply: FastifyReply, sent: unknown, done: O
       write(payload, done);
     });
   };
-  const badHeader = invalidHeader(head.headers);
-  if (badHeader !== undefined) {
-    outcome(badHeader);
+  if (refused !== undefined) {
+    outcome(refused);
   } else if (payload instanceof Readable) {
     state.held = payload;
     firstChunk(payload).then(() => outcome(), outcome);
@@ -228,7 +234,8 @@ function decide(state: RequestState, reply: FastifyReply, sent: unknown, done: O
 
 // A web stream body (or a Response's) would be read only after the decision: as a Node stream it
 // can be held until its first chunk like any other. A Response also brings the status and
-// headers, which Fastify would apply after onSend: apply them now, before the decision.
+// headers, which Fastify would apply after onSend: apply them now, before the decision. Throws
+// for a stream that cannot be read (locked), which then rolls back like a stream that fails.
 function holdable(reply: FastifyReply, payload: unknown): unknown {
   if (payload instanceof Response && !payload.bodyUsed) {
     reply.code(payload.status);
@@ -265,15 +272,10 @@ function restoreHead(reply: FastifyReply, head: Head): void {
 // Node checks header names and values only when it writes the head, which is after the COMMIT:
 // check them before, so that a header it would refuse rolls back like any error before the
 // first byte.
-function invalidHeader(headers: Headers): unknown {
-  try {
-    for (const [name, value] of Object.entries(headers)) {
-      validateHeaderName(name);
-      if (value !== undefined) for (const item of [value].flat()) validateHeaderValue(name, String(item));
-    }
-    return undefined;
-  } catch (err) {
-    return err;
+function validateHeaders(headers: Headers): void {
+  for (const [name, value] of Object.entries(headers)) {
+    validateHeaderName(name);
+    if (value !== undefined) for (const item of [value].flat()) validateHeaderValue(name, String(item));
   }
 }
 

@@ -136,16 +136,18 @@ const plugin: FastifyPluginAsync<ContextDbPluginOptions> = async (fastify, optio
     route.preValidation = aroundEach(route.preValidation, reenter);
     route.preHandler = aroundEach(route.preHandler, reenter, true);
     route.preSerialization = aroundEach(route.preSerialization, reenterPassing);
-    if (route.config?.contextDb === false) return;
     // Route-level onSend hooks run after the app's: deciding in the app-level hook would commit
     // before one of them fails, so the route's own last hook decides. Only the HEAD twin Fastify
     // adds to a GET route ends with a hook of Fastify's that must run after the decision: it
     // drops the body, a stream unread, so a stream failing before its first chunk would commit.
+    const decides = route.config?.contextDb !== false;
     const own = toArray(route.onSend).filter((hook) => hook !== decideOnSend);
     const head = own.at(-1)?.name === 'headRouteOnSendHandler' ? own.splice(-1) : [];
-    route.onSend = [...aroundEach(own, reenterPassing), decideOnSend, ...head];
-    const marked: MarkedConfig = { [routeDecides]: true };
-    route.config = { ...route.config, ...marked };
+    route.onSend = [...aroundEach(own, reenterPassing), ...(decides ? [decideOnSend] : []), ...head];
+    if (decides) {
+      const marked: MarkedConfig = { [routeDecides]: true };
+      route.config = { ...route.config, ...marked };
+    }
   });
 
   fastify.addHook('onError', (request, _reply, error, next) => {

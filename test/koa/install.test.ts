@@ -141,3 +141,24 @@ t.test('a mounted Koa app with its own contextDb() shares the request transactio
   t.same(await texts(table), ['outer', 'mounted', 'inner beforeCommit'], 'one transaction');
   t.equal(checkedOut(db), 0);
 });
+
+t.test('one contextDb() instance on the app (skipping the path) and on a route runs the route once', async (t) => {
+  const { db } = testDb(t);
+  const dbMw = contextDb({ db, skip: (ctx) => ctx.path.startsWith('/public') });
+  const app = new Koa();
+  const router = new Router();
+  let routerRuns = 0;
+  app.use(dbMw);
+  app.use(async (_ctx, next) => {
+    routerRuns++;
+    await next();
+  });
+  router.get('/public/x', dbMw, (ctx) => {
+    ctx.body = 'handler';
+  });
+  app.use(router.routes());
+  const url = await serve(t, app);
+  const res = await request(`${url}/public/x`, { method: 'GET' });
+  t.same(res, { status: 200, body: 'handler' }, "the route's handler answers");
+  t.equal(routerRuns, 1, 'the app chain below contextDb() ran once');
+});

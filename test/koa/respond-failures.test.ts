@@ -1,6 +1,7 @@
-// Koa serialises the body and writes the head in respond(), after the middleware chain and so
-// after the commit. What respond() would fail at is tried before the commit: such a request rolls
-// back and answers 500, never a 500 over committed work.
+// Koa serialises the body and writes the head in respond(), after every middleware. contextDb()
+// decides only when respond() writes: what respond() fails at becomes Koa's 500, which rolls back
+// (never a 500 over committed work), and what the middleware above contextDb() leaves is what
+// Koa serialises, once.
 import { dbSession } from '@context-db/core';
 import { contextDb } from '@context-db/koa';
 import Koa from 'koa';
@@ -79,4 +80,95 @@ t.test('middleware above contextDb() still sees the body object the handler set'
   const url = await serve(t, app);
   t.same(await request(url), { status: 200, body: '{"data":{"id":1}}' });
   t.same(await texts(table), ['enveloped']);
+});
+
+t.test('a BigInt body an outer serialiser handles commits and answers 200', async (t) => {
+  const { db, appName } = testDb(t);
+  const table = await createTable(t);
+  const app = new Koa();
+  const errors = collectErrors(app);
+  // The usual fix for BigInt ids (pg int8 parsed as BigInt): serialise above everything.
+  app.use(async (ctx, next) => {
+    await next();
+    if (ctx.body && typeof ctx.body === 'object') {
+      ctx.type = 'json';
+      ctx.body = JSON.stringify(ctx.body, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v));
+    }
+  });
+  app.use(contextDb({ db }));
+  app.use(async (ctx) => {
+    await (await dbSession(db)).query(`INSERT INTO ${table} (text) VALUES ('row')`);
+    ctx.body = { id: 1n };
+  });
+  const url = await serve(t, app);
+  const res = await request(url);
+  t.same(res, { status: 200, body: '{"id":"1"}' }, 'what the outer serialiser makes of it');
+  t.same(await texts(table), ['row'], 'committed');
+  t.same(
+    errors.map((e) => e.message),
+    [],
+  );
+  t.ok(await eventually(() => checkedOut(db) === 0));
+  t.equal((await activity(appName)).idleInTransaction, 0);
+});
+
+t.test('a JSON body is serialised once (toJSON called once)', async (t) => {
+  const { db } = testDb(t);
+  const table = await createTable(t);
+  const app = new Koa();
+  let calls = 0;
+  app.use(contextDb({ db }));
+  app.use(async (ctx) => {
+    await (await dbSession(db)).query(`INSERT INTO ${table} (text) VALUES ('row')`);
+    ctx.body = { toJSON: () => ({ n: ++calls }) };
+  });
+  const url = await serve(t, app);
+  const res = await request(url);
+  t.same(res, { status: 200, body: '{"n":1}' }, 'the body is the first serialisation');
+  t.equal(calls, 1, 'toJSON ran once');
+});
+
+// Koa's respond() computes ctx.response.length for a HEAD with an object body, which is
+// Buffer.byteLength(JSON.stringify(body)): a throw there must come before any COMMIT.
+t.test('HEAD with a body JSON.stringify refuses: a 500 means nothing was committed', async (t) => {
+  const { db, appName } = testDb(t);
+  const table = await createTable(t);
+  const app = new Koa();
+  collectErrors(app);
+  app.use(contextDb({ db }));
+  app.use(async (ctx) => {
+    await (await dbSession(db)).query(`INSERT INTO ${table} (text) VALUES ($1)`, [ctx.method]);
+    ctx.body = { id: 1n };
+  });
+  const url = await serve(t, app);
+  const res = await request(url, { method: 'HEAD' });
+  if (res.status >= 400) t.same(await texts(table), [], `the client got ${res.status}: nothing may be durable`);
+  else t.same(await texts(table), ['HEAD'], `the client got ${res.status}: committed`);
+  t.ok(await eventually(() => checkedOut(db) === 0));
+  t.equal((await activity(appName)).idleInTransaction, 0);
+});
+
+t.test('a middleware above contextDb() that throws after next() rolls back and answers 500', async (t) => {
+  const { db, appName } = testDb(t);
+  const table = await createTable(t);
+  const app = new Koa();
+  const errors = collectErrors(app);
+  app.use(async (_ctx, next) => {
+    await next();
+    throw new Error('formatter failed');
+  });
+  app.use(contextDb({ db }));
+  app.use(async (ctx) => {
+    await (await dbSession(db)).query(`INSERT INTO ${table} (text) VALUES ('row')`);
+    ctx.body = { ok: true };
+  });
+  const url = await serve(t, app);
+  t.same(await request(url), { status: 500, body: 'Internal Server Error' });
+  t.same(await texts(table), [], 'nothing is durable under the 500');
+  t.same(
+    errors.map((e) => e.message),
+    ['formatter failed'],
+  );
+  t.ok(await eventually(() => checkedOut(db) === 0));
+  t.equal((await activity(appName)).idleInTransaction, 0);
 });

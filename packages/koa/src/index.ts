@@ -55,6 +55,8 @@ interface KoaRequest {
 const requests = new WeakMap<object, KoaRequest>();
 // Helpers made by contextDb(): any other ctx.db is the app's own, and is not overwritten.
 const ownHelpers = new WeakSet<DbHelpers>();
+// Requests whose app chain a contextDb() dispatches itself (see runBelow).
+const dispatched = new WeakSet<object>();
 
 /**
  * Koa middleware that runs the rest of the request in a context-db context and ends it after
@@ -89,8 +91,13 @@ export function contextDb<StateT = DefaultState, ContextT = DefaultContext>(
     claimDb(ctx);
     // Set on skipped requests too: the helpers need no context, and newSession() still works.
     ctx.db = helpers;
+    // Once the app's chain is dispatched for this request, a contextDb() reached again (this
+    // same instance used on a route, below a skipping app-level install) must go on with the
+    // `next` it was given: dispatching the app's chain again would recurse without end.
+    const chain = dispatched.has(ctx) ? undefined : below(ctx, contextDbMiddleware);
+    if (chain !== undefined) dispatched.add(ctx);
     // Not registered: a skipped request has no transaction for an inner install to join.
-    if (skip?.(ctx)) return runBelow(ctx, below(ctx, contextDbMiddleware), next, { scope: OUTSIDE });
+    if (skip?.(ctx)) return runBelow(ctx, chain, next, { scope: OUTSIDE });
     const rc = RequestCtx.open(options);
     const request: KoaRequest = { rc, scope: rc };
     requests.set(ctx, request);
@@ -101,22 +108,32 @@ export function contextDb<StateT = DefaultState, ContextT = DefaultContext>(
       if (!res.writableFinished) rc.abort();
     };
     res.once('close', onClose);
+    let held = false;
     try {
       try {
-        await runBelow(ctx, below(ctx, contextDbMiddleware), next, request);
+        await runBelow(ctx, chain, next, request);
       } catch (error) {
         await rc.end(ctx.status, error);
         cutIfHeadSent(ctx);
         throw error;
       }
       // A request that made no session has nothing to decide: its response is left to Koa.
-      const respondError = rc.idle ? undefined : await respondFailure(ctx);
-      if (respondError !== undefined) {
-        await rc.end(ctx.status, respondError);
+      if (rc.idle) {
+        void rc.end(ctx.status);
+        return;
+      }
+      if (ctx.respond !== false && !ctx.headerSent && !isStreamBody(ctx.body)) {
+        holdResponse(ctx, rc, onClose);
+        held = true;
+        return;
+      }
+      const streamError = await streamFailure(ctx);
+      if (streamError !== undefined) {
+        await rc.end(ctx.status, streamError);
         // A client that went away needs no answer; its rollback is all there is to do.
         if (!ctx.writable) return;
         cutIfHeadSent(ctx);
-        throw asServerError(respondError);
+        throw asServerError(streamError);
       }
       const failure = await rc.end(ctx.status);
       if (failure !== undefined) {
@@ -124,7 +141,7 @@ export function contextDb<StateT = DefaultState, ContextT = DefaultContext>(
         throw asServerError(failure);
       }
     } finally {
-      res.off('close', onClose);
+      if (!held) res.off('close', onClose);
     }
   };
   return contextDbMiddleware;
@@ -245,44 +262,101 @@ function claimDb(ctx: object): void {
 // Koa answers these without a body, and a HEAD without reading it.
 const EMPTY_STATUSES = new Set([204, 205, 304]);
 
+function isStreamBody(body: unknown): boolean {
+  return (
+    body instanceof ReadableStream ||
+    body instanceof Response ||
+    (typeof body === 'object' && body !== null && typeof (body as Readable).pipe === 'function')
+  );
+}
+
 /**
- * The error Koa's respond() would meet after the commit, tried before it: a streamed body that
- * fails before its first chunk, a body JSON.stringify refuses (a BigInt, a cycle), a status
- * message Node refuses in the head. Afterwards the failure would be a 500 with the work committed.
+ * A streamed body that fails before its first chunk (a missing file, a generator that throws):
+ * Koa pipes it only after the chain returns, so without this wait it would error with nobody
+ * listening while COMMIT runs. Nothing is consumed.
  */
-async function respondFailure<StateT, ContextT>(ctx: ParameterizedContext<StateT, ContextT>): Promise<unknown> {
-  if (ctx.respond === false) return undefined;
+async function streamFailure<StateT, ContextT>(ctx: ParameterizedContext<StateT, ContextT>): Promise<unknown> {
+  const { body } = ctx;
+  if (ctx.respond === false || ctx.method === 'HEAD' || EMPTY_STATUSES.has(ctx.status)) return undefined;
   try {
-    // Node refuses CR, LF and other control characters in the status line (ctx.message); it
-    // checks a status message with the same rule as a header value.
-    const message = ctx.headerSent || ctx.req.httpVersionMajor >= 2 ? '' : ctx.res.statusMessage;
-    if (message) validateHeaderValue('statusMessage', message);
-    if (ctx.method !== 'HEAD' && !EMPTY_STATUSES.has(ctx.status)) await tryBody(ctx, ctx.body);
+    if (typeof (body as Readable).read === 'function') await firstChunk(body as Readable);
+    else {
+      const web = body instanceof Response ? body.body : body instanceof ReadableStream ? body : null;
+      if (web !== null) await firstChunk(nodeBody(ctx, web));
+    }
     return undefined;
   } catch (error) {
     return error;
   }
 }
 
-/** Throws, or rejects with, what Koa would meet sending `body`. */
-async function tryBody<StateT, ContextT>(ctx: ParameterizedContext<StateT, ContextT>, body: unknown): Promise<void> {
-  if (body === null || body === undefined || typeof body === 'string' || Buffer.isBuffer(body)) return;
-  // In memory: nothing can fail.
-  if (body instanceof Blob) return;
-  if (typeof (body as Readable).pipe === 'function') {
-    // Koa pipes a stream only after the chain returns; without this wait, a stream failing first
-    // (a missing file, a generator that throws) errors with nobody listening while COMMIT runs.
-    if (typeof (body as Readable).read === 'function') await firstChunk(body as Readable);
-    return;
-  }
-  const web = body instanceof Response ? body.body : body instanceof ReadableStream ? body : undefined;
-  if (web === undefined) {
-    // Serialised again by Koa: storing the string instead would change ctx.body for the
-    // middleware above this one (koa-json, envelopes), which still runs after the commit.
-    JSON.stringify(body);
-    return;
-  }
-  if (web !== null) await firstChunk(nodeBody(ctx, web));
+type Method = (...args: unknown[]) => unknown;
+
+/**
+ * Decide when Koa actually responds rather than when the chain below returns: the middleware
+ * above contextDb() still runs (a serialiser, an envelope) and Koa serialises the body it leaves
+ * (JSON.stringify, the length of a HEAD) only in respond(). Whatever fails there goes to Koa's
+ * ctx.onerror, whose 500 reaches this hold as the status that rolls back; a body Koa sends
+ * commits first. The response's first write, end or head is held until the outcome is known, and
+ * a failed COMMIT becomes Koa's own 500 instead.
+ */
+function holdResponse<StateT, ContextT>(
+  ctx: ParameterizedContext<StateT, ContextT>,
+  rc: RequestCtx,
+  onClose: () => void,
+): void {
+  const { res } = ctx;
+  const original = { writeHead: res.writeHead, write: res.write, end: res.end, flushHeaders: res.flushHeaders };
+  // 'holding': nothing written yet; 'deciding': RequestCtx.end() runs and calls are queued;
+  // 'through': the outcome stands; 'replaced': a 500 was sent instead, the app's calls dropped.
+  let phase: 'holding' | 'deciding' | 'through' | 'replaced' = 'holding';
+  const queue: Array<{ method: Method; args: unknown[] }> = [];
+  const hold = (method: Method, args: unknown[]): boolean => {
+    if (phase === 'through') return method.apply(res, args) !== false;
+    if (phase === 'replaced') return true;
+    if (phase === 'holding') {
+      // Node would refuse the status line in this call; it must fail here, before any COMMIT,
+      // so that Koa's error path answers 500 and this hold sees it.
+      if (!res.headersSent && ctx.req.httpVersionMajor < 2 && res.statusMessage) {
+        validateHeaderValue('statusMessage', res.statusMessage);
+      }
+      phase = 'deciding';
+      // A replayed call Node refuses after the commit can only be reported, as Koa would.
+      decide().catch((error: unknown) => ctx.onerror(asServerError(error)));
+    }
+    queue.push({ method, args });
+    // Buffered here until the decision; a body Koa sends is already whole in memory.
+    return true;
+  };
+  const decide = async (): Promise<void> => {
+    const failure = await rc.end(res.statusCode);
+    res.off('close', onClose);
+    if (failure === undefined) {
+      phase = 'through';
+      for (const { method, args } of queue.splice(0)) method.apply(res, args);
+      return;
+    }
+    queue.length = 0;
+    phase = 'through';
+    // Koa's own error answer: app.emit('error'), the handler's headers dropped, a bare 500; with
+    // a head the app fixed already it can only report, so the response is cut.
+    ctx.onerror(asServerError(failure));
+    phase = 'replaced';
+    cutIfHeadSent(ctx);
+  };
+  res.writeHead = ((...args: unknown[]) => {
+    // Stores the head without sending a byte (and throws on a bad status line, before a COMMIT).
+    if (phase === 'replaced') return res;
+    return original.writeHead.apply(res, args as Parameters<typeof res.writeHead>);
+  }) as typeof res.writeHead;
+  res.write = ((...args: unknown[]) => hold(original.write as Method, args)) as typeof res.write;
+  res.end = ((...args: unknown[]) => {
+    hold(original.end as Method, args);
+    return res;
+  }) as typeof res.end;
+  res.flushHeaders = (...args: unknown[]) => {
+    hold(original.flushHeaders as Method, args);
+  };
 }
 
 // Reading a web stream's first chunk locks it, so Koa is given the Node stream that read it.

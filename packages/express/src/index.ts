@@ -41,6 +41,8 @@ const kScope = Symbol('contextDb.scope');
 type ScopedRequest = Request & { [kScope]?: Scope };
 
 interface Scope {
+  /** The request's layers run as they are called: its context (or, outside, none) is current. */
+  isCurrent(): boolean;
   /** Run one layer or param callback of the request, with a `next` that resumes the request there. */
   around<R>(next: NextFunction, call: (next: NextFunction) => R): R;
   /** An error reached the request's error-handling layers: it rolls the request back. */
@@ -53,7 +55,11 @@ interface Scope {
  */
 function outside(): Scope {
   const exit = (next: NextFunction) => ((err?: unknown) => leaveCtx(() => next(err))) as NextFunction;
-  return { around: (next, call) => leaveCtx(() => call(exit(next))), fail() {} };
+  return {
+    isCurrent: () => !isContextInitiated(),
+    around: (next, call) => leaveCtx(() => call(exit(next))),
+    fail() {},
+  };
 }
 
 // Usually no context is current (the request was not resumed by another one): on Node 20,
@@ -77,8 +83,8 @@ class RequestLink implements Scope {
   #phase: Phase = 'open';
   #appEnded = false;
   #optedOut = false;
-  #app: unknown; // the app whose routers were last checked for param callbacks (see around())
   #fixedStatus: number | undefined; // the status of a head the app fixed with res.writeHead()
+  #beforeHead: HeadState | undefined; // Node's state of the response before a head was stored
   #starved = false; // a held write returned false: the writer waits for 'drain'
   #queue: Array<{ method: Method; args: unknown[] }> = [];
 
@@ -86,7 +92,6 @@ class RequestLink implements Scope {
     this.#req = req;
     this.#res = res;
     this.#rc = rc;
-    this.#app = req.app;
     // The methods as they are now, so middleware that wrapped them earlier (compression) still runs.
     this.#write = res.write as Method;
     this.#end = res.end as Method;
@@ -109,6 +114,7 @@ class RequestLink implements Scope {
       // The app wrote or ended its response already, so unheld Node would have sent its head: a
       // later head (an error handler's) must not replace the one the outcome was decided on.
       if (link.#phase === 'deciding') return res;
+      if (!res.headersSent) link.#beforeHead = headState(res);
       writeHead.apply(res, args);
       if (link.#phase === 'open' && res.headersSent) link.#fixedStatus = res.statusCode;
       return res;
@@ -131,16 +137,15 @@ class RequestLink implements Scope {
     this.#rc.useOptions(options);
   }
 
+  isCurrent(): boolean {
+    return this.#rc.current;
+  }
+
+  // Called only when the context is not current (another request's code resumed this one): a
+  // layer that runs in it needs no new next, as the next layer re-enters by itself.
   around<R>(next: NextFunction, call: (next: NextFunction) => R): R {
-    // A sub-app's router is out of reach from the app that installed contextDb(): look at it
-    // when the request enters it (req.app changes), for its param callbacks.
-    const app = this.#req.app;
-    if (app !== this.#app) {
-      this.#app = app;
-      resumeLayersInContext(app);
-    }
     const resume = ((err?: unknown) => (this.#optedOut ? next(err) : this.#enter(() => next(err)))) as NextFunction;
-    return this.#enter(() => call(resume));
+    return this.#rc.run(() => call(resume));
   }
 
   fail(err: unknown): void {
@@ -235,7 +240,7 @@ class RequestLink implements Scope {
     for (const { args } of queue) drop(args);
     if (failure !== undefined) report(this.#req, failure);
     if (res.destroyed) return;
-    if (res.headersSent && !forgetStoredHead(res)) {
+    if (res.headersSent && !forgetStoredHead(res, this.#beforeHead)) {
       // The head is on the wire: cut the connection rather than let a success whose data is
       // not in the database reach the client.
       res.destroy();
@@ -265,14 +270,43 @@ function headChanged(res: Response, head: Head): boolean {
   return names.some((name) => res.getHeader(name) !== head.headers[name]);
 }
 
+// What Node's writeHead() changes on the response besides the head itself: a 204, 304 or 1xx
+// head clears _hasBody (a 500 stored after it would promise a body Node never writes, and a
+// keep-alive client would wait for it), the head's Connection, Content-Length and
+// Transfer-Encoding set the framing fields.
+const HEAD_STATE = [
+  '_hasBody',
+  '_last',
+  'shouldKeepAlive',
+  'chunkedEncoding',
+  '_contentLength',
+  '_removedConnection',
+  '_removedContLen',
+  '_removedTE',
+] as const;
+type HeadState = Partial<Record<(typeof HEAD_STATE)[number], unknown>>;
+
+function headState(res: Response): HeadState {
+  const out = res as unknown as HeadState;
+  const state: HeadState = {};
+  for (const key of HEAD_STATE) state[key] = out[key];
+  return state;
+}
+
 // res.writeHead() (an explicit one, or _implicitHeader() called by compression-like middleware
 // before passing the body on) only stores the head: Node sends it with the first write, which
-// the hold kept back. Forgetting the stored head lets the 500 take its place.
-function forgetStoredHead(res: Response): boolean {
-  const out = res as unknown as { _header: string | null; _headerSent: boolean; chunkedEncoding: boolean };
+// the hold kept back. Forgetting the stored head, and what storing it changed, lets the 500
+// take its place.
+function forgetStoredHead(res: Response, before: HeadState | undefined): boolean {
+  const out = res as unknown as HeadState & { _header: string | null; _headerSent: boolean };
   if (out._headerSent) return false;
+  if (before !== undefined) Object.assign(out, before);
+  else {
+    // The head was stored past the writeHead() seen by contextDb(): undo what matters most.
+    out.chunkedEncoding = false;
+    out._hasBody = res.req.method !== 'HEAD';
+  }
   out._header = null;
-  out.chunkedEncoding = false; // storing a head sets it, storing another never clears it
   return true;
 }
 
@@ -318,7 +352,10 @@ type HandleParam = (
 const wrappedLayerClasses = new WeakSet<object>();
 const wrappedParamMethods = new WeakSet<object>();
 const wrappedParams = new WeakSet<HandleParam>();
+const wrappedRouterClasses = new WeakSet<object>();
 const visitedApps = new WeakSet<object>();
+const kParamsWrapped = Symbol('contextDb.paramsWrapped');
+type ParamsRouter = Router & { [kParamsWrapped]?: boolean };
 
 /** Wrap the Layer class and the param callbacks of every router reachable from `app`, once. */
 function resumeLayersInContext(app: unknown): void {
@@ -327,6 +364,37 @@ function resumeLayersInContext(app: unknown): void {
   // Express 4 keeps its router in app._router (its app.router getter throws), Express 5 in app.router.
   const router = '_router' in app ? (app as { _router?: Router })._router : (app as { router?: Router }).router;
   wrapRouter(router, new Set());
+}
+
+// A sub-app's layers may come from another copy of Express (an Express 4 app mounted in an
+// Express 5 one): its Layer class is out of reach until a request enters it, and its first
+// layers do not pass through a wrapped one. Every router of either major assigns req.params
+// before it calls a layer (after the sub-app has switched req.app): for a request with a
+// scope, that assignment looks at the app the request is in, and wraps it before its layer runs.
+const kParams = Symbol('contextDb.params');
+const kApp = Symbol('contextDb.app');
+type WatchedRequest = Request & { [kParams]?: unknown; [kApp]?: unknown };
+const paramsProperty: PropertyDescriptor = {
+  configurable: true,
+  enumerable: true,
+  get(this: WatchedRequest) {
+    return this[kParams];
+  },
+  set(this: WatchedRequest, value: unknown) {
+    this[kParams] = value;
+    const app = this.app;
+    if (app !== this[kApp]) {
+      this[kApp] = app;
+      resumeLayersInContext(app);
+    }
+  },
+};
+
+function watchApps(req: Request): void {
+  const watched = req as WatchedRequest;
+  watched[kParams] = req.params;
+  watched[kApp] = req.app;
+  Object.defineProperty(req, 'params', paramsProperty);
 }
 
 interface Router {
@@ -338,6 +406,7 @@ function wrapRouter(router: Router | undefined, seen: Set<unknown>): void {
   if (router === undefined || !Array.isArray(router.stack) || seen.has(router)) return;
   seen.add(router);
   wrapParams(router);
+  wrapRouterClass(router);
   for (const layer of router.stack as Array<{ route?: Router; handle?: Router }>) {
     wrapLayerClass(Object.getPrototypeOf(layer) as Record<string, unknown>);
     wrapRouter(layer.route, seen); // a route's handlers
@@ -353,7 +422,7 @@ function wrapLayerClass(proto: Record<string, unknown>): void {
     if (typeof handle !== 'function') continue;
     proto[name] = function handleInRequestScope(this: unknown, req: Request, res: Response, next: NextFunction) {
       const scope = (req as ScopedRequest)[kScope];
-      if (scope === undefined) return handle.call(this, req, res, next);
+      if (scope === undefined || scope.isCurrent()) return handle.call(this, req, res, next);
       return scope.around(next, (resume) => handle.call(this, req, res, resume));
     };
   }
@@ -372,9 +441,31 @@ function wrapLayerClass(proto: Record<string, unknown>): void {
       // Every error on its way through the layers passes here, whether or not an error handler
       // then answers with a success status: it rolls the request back.
       scope.fail(err);
+      if (scope.isCurrent()) return handle.call(this, err, req, res, next);
       return scope.around(next, (resume) => handle.call(this, err, req, res, resume));
     };
   }
+}
+
+// A router can be mounted after the first request walked its app (a plugin, a feature flag),
+// with param callbacks registered before: its class's handle() wraps them when a request with
+// a scope first enters it.
+function wrapRouterClass(router: Router): void {
+  if (typeof router.params !== 'object') return; // a Route: its layers are walked, it has no params
+  let owner: object | null = router;
+  while (owner !== null && !Object.hasOwn(owner, 'handle')) owner = Object.getPrototypeOf(owner) as object | null;
+  if (owner === null || wrappedRouterClasses.has(owner)) return;
+  wrappedRouterClasses.add(owner);
+  const handle = (owner as { handle: Method }).handle;
+  if (typeof handle !== 'function') return;
+  (owner as { handle: Method }).handle = function handleWithParamsInScope(
+    this: Router,
+    req: unknown,
+    ...rest: unknown[]
+  ) {
+    if ((req as ScopedRequest)[kScope] !== undefined && !(this as ParamsRouter)[kParamsWrapped]) wrapParams(this);
+    return handle.call(this, req, ...rest);
+  };
 }
 
 /**
@@ -384,6 +475,7 @@ function wrapLayerClass(proto: Record<string, unknown>): void {
 function wrapParams(router: Router): void {
   const params = router.params;
   if (typeof params !== 'object' || params === null) return;
+  (router as ParamsRouter)[kParamsWrapped] = true;
   for (const list of Object.values(params)) {
     if (!Array.isArray(list)) continue;
     for (let i = 0; i < list.length; i++) if (typeof list[i] === 'function') list[i] = paramInRequestScope(list[i]);
@@ -405,7 +497,7 @@ function paramInRequestScope(fn: HandleParam): HandleParam {
   if (wrappedParams.has(fn)) return fn;
   const wrapped: HandleParam = function (this, req, res, next, value, name) {
     const scope = (req as ScopedRequest)[kScope];
-    if (scope === undefined) return fn.call(this, req, res, next, value, name);
+    if (scope === undefined || scope.isCurrent()) return fn.call(this, req, res, next, value, name);
     return scope.around(next, (resume) => fn.call(this, req, res, resume, value, name));
   };
   wrappedParams.add(wrapped);
@@ -457,6 +549,7 @@ export function contextDb(options: ContextDbExpressOptions): RequestHandler {
       }
       return;
     }
+    watchApps(req);
     if (options.skip?.(req) === true) {
       scoped[kScope] = SKIPPED;
       return leaveCtx(next);

@@ -1,4 +1,5 @@
 import { type ServerResponse, validateHeaderName, validateHeaderValue } from 'node:http';
+import { createRequire } from 'node:module';
 import { Readable } from 'node:stream';
 import type { ReadableStream as WebReadableStream } from 'node:stream/web';
 import {
@@ -55,6 +56,8 @@ interface RequestState {
   dropped: boolean;
   /** The route's own last onSend hook decides (see onRoute); the global one only re-enters. */
   readonly routeDecides: boolean;
+  /** A HEAD twin: Fastify's hook after the deciding one drops the body. */
+  readonly dropsBody: boolean;
 }
 
 // An opted-out request (config.contextDb false): its hooks and handler run outside any context,
@@ -62,9 +65,29 @@ interface RequestState {
 const OUTSIDE = 'outside';
 type Entry = RequestState | typeof OUTSIDE;
 
-// Set on the config of the routes onRoute saw: their deciding hook is their last onSend.
+// Set on the config of the routes onRoute saw: their deciding hook is their last onSend (or the
+// last before Fastify's HEAD hook, which drops the body: `headTwin`).
 const routeDecides = Symbol('context-db route decides');
-type MarkedConfig = { readonly [routeDecides]?: true };
+const headTwin = Symbol('context-db HEAD twin');
+type MarkedConfig = { readonly [routeDecides]?: true; readonly [headTwin]?: true };
+
+// The onSend hook Fastify gives the HEAD twin of a GET route, found by identity: other onRoute
+// hooks may add theirs after it. Fastify exports only the function that appends it.
+const headRouteOnSend: unknown = (() => {
+  try {
+    const { parseHeadOnSendHandlers } = createRequire(import.meta.url)('fastify/lib/head-route.js') as {
+      parseHeadOnSendHandlers(hooks: undefined): unknown;
+    };
+    return parseHeadOnSendHandlers(undefined);
+  } catch {
+    return undefined;
+  }
+})();
+
+function isHeadRouteOnSend(hook: unknown): boolean {
+  // The name is the fallback for a Fastify copy other than the one this package resolves.
+  return hook === headRouteOnSend || (typeof hook === 'function' && hook.name === 'headRouteOnSendHandler');
+}
 
 type Headers = ReturnType<FastifyReply['getHeaders']>;
 
@@ -111,6 +134,7 @@ const plugin: FastifyPluginAsync<ContextDbPluginOptions> = async (fastify, optio
       held: undefined,
       dropped: false,
       routeDecides: config[routeDecides] === true,
+      dropsBody: config[headTwin] === true,
     };
     states.set(request, state);
     recordSentStatus(reply.raw, state);
@@ -130,6 +154,17 @@ const plugin: FastifyPluginAsync<ContextDbPluginOptions> = async (fastify, optio
   fastify.addHook('preValidation', reenter);
   fastify.addHook('preHandler', reenter);
   fastify.addHook('preSerialization', reenterPassing);
+  // The not-found handler is no route onRoute sees, and its onSend hooks are the scope's, in
+  // order: an app-level hook added after the plugin would run after an app-level decision. Its
+  // own onSend option runs after all of them, so the deciding hook goes there.
+  // Child scopes inherit the wrapper (an instance is its parent's prototype), and call it on
+  // themselves: `this` is the scope the handler belongs to.
+  const setNotFoundHandler = fastify.setNotFoundHandler as (this: unknown, ...args: unknown[]) => unknown;
+  fastify.setNotFoundHandler = function (this: unknown, first?: unknown, second?: unknown) {
+    const [opts, handler] = typeof first === 'function' ? [{}, first] : [first ?? {}, second];
+    return setNotFoundHandler.call(this, decidingLast(opts as NotFoundOptions), handler);
+  } as typeof fastify.setNotFoundHandler;
+
   fastify.addHook('onRoute', (route) => {
     route.onRequest = aroundEach(route.onRequest, reenter);
     route.preParsing = aroundEach(route.preParsing, reenterPassing);
@@ -140,14 +175,13 @@ const plugin: FastifyPluginAsync<ContextDbPluginOptions> = async (fastify, optio
     // before one of them fails, so the route's own last hook decides. Only the HEAD twin Fastify
     // adds to a GET route ends with a hook of Fastify's that must run after the decision: it
     // drops the body, a stream unread, so a stream failing before its first chunk would commit.
-    const decides = route.config?.contextDb !== false;
-    const own = toArray(route.onSend).filter((hook) => hook !== decideOnSend);
-    const head = own.at(-1)?.name === 'headRouteOnSendHandler' ? own.splice(-1) : [];
-    route.onSend = [...aroundEach(own, reenterPassing), ...(decides ? [decideOnSend] : []), ...head];
-    if (decides) {
-      const marked: MarkedConfig = { [routeDecides]: true };
-      route.config = { ...route.config, ...marked };
-    }
+    // Fastify's HEAD hook (and whatever other onRoute hooks put after it) stays after the decision.
+    const hooks = toArray(route.onSend).filter((hook) => hook !== decideOnSend);
+    const at = hooks.findIndex(isHeadRouteOnSend);
+    const tail = at === -1 ? [] : hooks.splice(at);
+    const decided = decidingLast({ onSend: hooks, config: route.config }, at !== -1);
+    route.onSend = [...toArray(decided.onSend), ...tail];
+    if (decided.config !== undefined) route.config = decided.config;
   });
 
   fastify.addHook('onError', (request, _reply, error, next) => {
@@ -166,6 +200,23 @@ const plugin: FastifyPluginAsync<ContextDbPluginOptions> = async (fastify, optio
 };
 
 type OnSendDone = Parameters<onSendHookHandler>[3];
+
+interface NotFoundOptions {
+  readonly onSend?: onSendHookHandler | onSendHookHandler[] | undefined;
+  readonly config?: FastifyContextConfig | undefined;
+}
+
+/** `options` with the deciding hook as its last onSend (the route's own re-entering). */
+function decidingLast<O extends NotFoundOptions>(options: O, dropsBody = false): O {
+  const own = toArray(options.onSend).filter((hook) => hook !== decideOnSend);
+  if (options.config?.contextDb === false) return { ...options, onSend: aroundEach(own, reenterPassing) };
+  const marked: MarkedConfig = dropsBody ? { [routeDecides]: true, [headTwin]: true } : { [routeDecides]: true };
+  return {
+    ...options,
+    onSend: [...aroundEach(own, reenterPassing), decideOnSend],
+    config: { ...options.config, ...marked },
+  };
+}
 
 // onSend runs before any byte of the response is written: the last moment a failed commit can
 // still turn the response into an error. A callback hook, not an async one: a request that
@@ -201,8 +252,19 @@ function decideOnSend(request: FastifyRequest, reply: FastifyReply, payload: unk
 function decide(state: RequestState, reply: FastifyReply, sent: unknown, done: OnSendDone): void {
   let payload = sent;
   let refused: unknown;
+  let held: Readable | undefined;
+  // A web stream converted to be held: on a HEAD twin Fastify would cancel it, not read it.
+  let converted = false;
   try {
-    payload = holdable(reply, sent);
+    payload = unwrapResponse(reply, sent);
+    // The deciding hook is the last to see the payload: check it as Fastify's writer will.
+    if (state.routeDecides) checkPayload(payload, state.dropsBody);
+    if (carriesBody(reply.statusCode)) {
+      const stream = holdable(payload);
+      converted = stream !== payload && isWebStream(payload);
+      payload = stream;
+      if (stream instanceof Readable) held = stream;
+    }
     validateHeaders(reply.getHeaders());
   } catch (err) {
     refused = err;
@@ -217,6 +279,7 @@ function decide(state: RequestState, reply: FastifyReply, sent: unknown, done: O
     void state.rc.end(head.statusCode, state.error ?? early).then((failure) => {
       state.phase = 'decided';
       const error = failure ?? early ?? late;
+      if (converted && (error !== undefined || state.dropsBody)) held?.destroy();
       if (error !== undefined) return replaceWithError(reply, error, done);
       // A dropped second send (or the error handler of a throw after the first send) may have
       // changed the head: the first send goes out as it was sent.
@@ -226,25 +289,88 @@ function decide(state: RequestState, reply: FastifyReply, sent: unknown, done: O
   };
   if (refused !== undefined) {
     outcome(refused);
-  } else if (payload instanceof Readable) {
-    state.held = payload;
-    firstChunk(payload).then(() => outcome(), outcome);
+  } else if (held !== undefined) {
+    state.held = held;
+    firstChunk(held).then(() => outcome(), outcome);
   } else {
     outcome();
   }
 }
 
-// A web stream body (or a Response's) would be read only after the decision: as a Node stream it
-// can be held until its first chunk like any other. A Response also brings the status and
-// headers, which Fastify would apply after onSend: apply them now, before the decision. Throws
-// for a stream that cannot be read (locked), which then rolls back like a stream that fails.
-function holdable(reply: FastifyReply, payload: unknown): unknown {
-  if (payload instanceof Response && !payload.bodyUsed) {
-    reply.code(payload.status);
-    for (const [name, value] of payload.headers) reply.header(name, value);
-    payload = payload.body;
+// Fastify applies a Response's status and headers after onSend: apply them now, before the
+// decision. Recognised as Fastify does, so that one from another realm (npm undici) counts.
+function unwrapResponse(reply: FastifyReply, payload: unknown): unknown {
+  if (!isObject(payload) || Object.prototype.toString.call(payload) !== '[object Response]') return payload;
+  const response = payload as Response;
+  if (response.body !== null && response.bodyUsed) throw new errorCodes.FST_ERR_REP_RESPONSE_BODY_CONSUMED();
+  reply.code(response.status);
+  for (const [name, value] of response.headers) reply.header(name, value);
+  return response.body;
+}
+
+// What Fastify's writer would throw only after the COMMIT: refuse it before, like a header Node
+// refuses. On a HEAD twin Fastify's HEAD hook measures the payload instead (Buffer.byteLength).
+function checkPayload(payload: unknown, dropsBody: boolean): void {
+  if (payload === undefined || typeof payload === 'string' || isStream(payload)) return;
+  if (
+    dropsBody
+      ? ArrayBuffer.isView(payload) || payload instanceof ArrayBuffer
+      : payload === null || Buffer.isBuffer(payload)
+  ) {
+    return;
   }
-  return payload instanceof ReadableStream ? Readable.fromWeb(payload as WebReadableStream) : payload;
+  throw new errorCodes.FST_ERR_REP_INVALID_PAYLOAD_TYPE(typeof payload);
+}
+
+// 1xx, 204 and 304 carry no body: Fastify (or Node) discards it, so there is nothing to wait for.
+function carriesBody(status: number): boolean {
+  return status >= 200 && status !== 204 && status !== 304;
+}
+
+function isObject(value: unknown): value is object {
+  return value !== null && typeof value === 'object';
+}
+
+function isWebStream(value: unknown): value is ReadableStream {
+  return isObject(value) && typeof (value as { getReader?: unknown }).getReader === 'function';
+}
+
+function isPipeable(value: unknown): value is NodeJS.ReadableStream {
+  return isObject(value) && typeof (value as { pipe?: unknown }).pipe === 'function';
+}
+
+function isStream(value: unknown): boolean {
+  return isPipeable(value) || isWebStream(value);
+}
+
+// Any stream Fastify would send, as a node:stream Readable to hold until its first chunk: a web
+// stream, or one with pipe() that is not node:stream's (minipass, readable-stream). Throws for a
+// web stream that cannot be read (locked), which then rolls back like a stream that fails.
+function holdable(payload: unknown): unknown {
+  if (payload instanceof Readable) return payload;
+  if (isPipeable(payload)) return new Readable().wrap(payload);
+  if (payload instanceof ReadableStream) return Readable.fromWeb(payload as WebReadableStream);
+  if (isWebStream(payload)) return Readable.from(chunksOf(payload), { objectMode: false });
+  return payload;
+}
+
+// A web stream of another realm, which Readable.fromWeb refuses; cancelled when the Readable is
+// destroyed.
+async function* chunksOf(stream: ReadableStream): AsyncGenerator<Uint8Array> {
+  const reader = stream.getReader();
+  let done = false;
+  try {
+    for (;;) {
+      const next = await reader.read();
+      if (next.done) {
+        done = true;
+        return;
+      }
+      yield next.value as Uint8Array;
+    }
+  } finally {
+    if (!done) await reader.cancel().catch(() => undefined);
+  }
 }
 
 function write(payload: unknown, done: OnSendDone): void {

@@ -53,4 +53,4 @@ export {
   TransactionAlreadyOpenError,
 } from './errors.js';
 export { DbSession } from './session.js';
-export { firstChunk } from './stream.js';
+export { firstChunk, isStreamBody, isWebStream, toReadable } from './stream.js';

@@ -1,15 +1,17 @@
 import { type ServerResponse, validateHeaderName, validateHeaderValue } from 'node:http';
 import { createRequire } from 'node:module';
-import { Readable } from 'node:stream';
-import type { ReadableStream as WebReadableStream } from 'node:stream/web';
+import type { Readable } from 'node:stream';
 import {
   type ContextDbOptions,
   createDbHelpers,
   type DbHelpers,
   firstChunk,
   isContextInitiated,
+  isStreamBody,
+  isWebStream,
   RequestCtx,
   runOutsideCtx,
+  toReadable,
   validateContextDbOptions,
 } from '@context-db/core';
 import {
@@ -259,11 +261,13 @@ function decide(state: RequestState, reply: FastifyReply, sent: unknown, done: O
     payload = unwrapResponse(reply, sent);
     // The deciding hook is the last to see the payload: check it as Fastify's writer will.
     if (state.routeDecides) checkPayload(payload, state.dropsBody);
-    if (carriesBody(reply.statusCode)) {
-      const stream = holdable(payload);
+    // Any stream Fastify would send, held until its first chunk; a web stream that cannot be
+    // read (locked) throws here and rolls back like a stream that fails.
+    const stream = carriesBody(reply.statusCode) ? toReadable(payload) : undefined;
+    if (stream !== undefined) {
       converted = stream !== payload && isWebStream(payload);
       payload = stream;
-      if (stream instanceof Readable) held = stream;
+      held = stream;
     }
     validateHeaders(reply.getHeaders());
   } catch (err) {
@@ -300,7 +304,7 @@ function decide(state: RequestState, reply: FastifyReply, sent: unknown, done: O
 // Fastify applies a Response's status and headers after onSend: apply them now, before the
 // decision. Recognised as Fastify does, so that one from another realm (npm undici) counts.
 function unwrapResponse(reply: FastifyReply, payload: unknown): unknown {
-  if (!isObject(payload) || Object.prototype.toString.call(payload) !== '[object Response]') return payload;
+  if (Object.prototype.toString.call(payload) !== '[object Response]') return payload;
   const response = payload as Response;
   if (response.body !== null && response.bodyUsed) throw new errorCodes.FST_ERR_REP_RESPONSE_BODY_CONSUMED();
   reply.code(response.status);
@@ -311,7 +315,7 @@ function unwrapResponse(reply: FastifyReply, payload: unknown): unknown {
 // What Fastify's writer would throw only after the COMMIT: refuse it before, like a header Node
 // refuses. On a HEAD twin Fastify's HEAD hook measures the payload instead (Buffer.byteLength).
 function checkPayload(payload: unknown, dropsBody: boolean): void {
-  if (payload === undefined || typeof payload === 'string' || isStream(payload)) return;
+  if (payload === undefined || typeof payload === 'string' || isStreamBody(payload)) return;
   if (
     dropsBody
       ? ArrayBuffer.isView(payload) || payload instanceof ArrayBuffer
@@ -325,52 +329,6 @@ function checkPayload(payload: unknown, dropsBody: boolean): void {
 // 1xx, 204 and 304 carry no body: Fastify (or Node) discards it, so there is nothing to wait for.
 function carriesBody(status: number): boolean {
   return status >= 200 && status !== 204 && status !== 304;
-}
-
-function isObject(value: unknown): value is object {
-  return value !== null && typeof value === 'object';
-}
-
-function isWebStream(value: unknown): value is ReadableStream {
-  return isObject(value) && typeof (value as { getReader?: unknown }).getReader === 'function';
-}
-
-function isPipeable(value: unknown): value is NodeJS.ReadableStream {
-  return isObject(value) && typeof (value as { pipe?: unknown }).pipe === 'function';
-}
-
-function isStream(value: unknown): boolean {
-  return isPipeable(value) || isWebStream(value);
-}
-
-// Any stream Fastify would send, as a node:stream Readable to hold until its first chunk: a web
-// stream, or one with pipe() that is not node:stream's (minipass, readable-stream). Throws for a
-// web stream that cannot be read (locked), which then rolls back like a stream that fails.
-function holdable(payload: unknown): unknown {
-  if (payload instanceof Readable) return payload;
-  if (isPipeable(payload)) return new Readable().wrap(payload);
-  if (payload instanceof ReadableStream) return Readable.fromWeb(payload as WebReadableStream);
-  if (isWebStream(payload)) return Readable.from(chunksOf(payload), { objectMode: false });
-  return payload;
-}
-
-// A web stream of another realm, which Readable.fromWeb refuses; cancelled when the Readable is
-// destroyed.
-async function* chunksOf(stream: ReadableStream): AsyncGenerator<Uint8Array> {
-  const reader = stream.getReader();
-  let done = false;
-  try {
-    for (;;) {
-      const next = await reader.read();
-      if (next.done) {
-        done = true;
-        return;
-      }
-      yield next.value as Uint8Array;
-    }
-  } finally {
-    if (!done) await reader.cancel().catch(() => undefined);
-  }
 }
 
 function write(payload: unknown, done: OnSendDone): void {

@@ -1,5 +1,5 @@
 import { validateHeaderValue } from 'node:http';
-import { Readable } from 'node:stream';
+import type { Readable } from 'node:stream';
 import {
   type ContextDbOptions,
   createDbHelpers,
@@ -7,8 +7,10 @@ import {
   firstChunk,
   InvalidOptionsError,
   isContextInitiated,
+  isStreamBody,
   RequestCtx,
   runOutsideCtx,
+  toReadable,
   validateContextDbOptions,
 } from '@context-db/core';
 import type { DefaultContext, DefaultState, Middleware, ParameterizedContext } from 'koa';
@@ -122,7 +124,7 @@ export function contextDb<StateT = DefaultState, ContextT = DefaultContext>(
         void rc.end(ctx.status);
         return;
       }
-      if (ctx.respond !== false && !ctx.headerSent && !isStreamBody(ctx.body)) {
+      if (ctx.respond !== false && !ctx.headerSent && !isStreamed(ctx.body)) {
         holdResponse(ctx, rc, onClose);
         held = true;
         return;
@@ -262,12 +264,9 @@ function claimDb(ctx: object): void {
 // Koa answers these without a body, and a HEAD without reading it.
 const EMPTY_STATUSES = new Set([204, 205, 304]);
 
-function isStreamBody(body: unknown): boolean {
-  return (
-    body instanceof ReadableStream ||
-    body instanceof Response ||
-    (typeof body === 'object' && body !== null && typeof (body as Readable).pipe === 'function')
-  );
+// A Response body is a stream to Koa too: it sends the Response's body.
+function isStreamed(body: unknown): boolean {
+  return body instanceof Response || isStreamBody(body);
 }
 
 /**
@@ -279,11 +278,8 @@ async function streamFailure<StateT, ContextT>(ctx: ParameterizedContext<StateT,
   const { body } = ctx;
   if (ctx.respond === false || ctx.method === 'HEAD' || EMPTY_STATUSES.has(ctx.status)) return undefined;
   try {
-    if (typeof (body as Readable).read === 'function') await firstChunk(body as Readable);
-    else {
-      const web = body instanceof Response ? body.body : body instanceof ReadableStream ? body : null;
-      if (web !== null) await firstChunk(nodeBody(ctx, web));
-    }
+    const stream = toReadable(body instanceof Response ? body.body : body);
+    if (stream !== undefined) await firstChunk(stream === body ? stream : replaceBody(ctx, stream));
     return undefined;
   } catch (error) {
     return error;
@@ -359,9 +355,9 @@ function holdResponse<StateT, ContextT>(
   };
 }
 
-// Reading a web stream's first chunk locks it, so Koa is given the Node stream that read it.
-function nodeBody<StateT, ContextT>(ctx: ParameterizedContext<StateT, ContextT>, web: ReadableStream): Readable {
-  const stream = Readable.fromWeb(web);
+// Reading a wrapped stream's first chunk consumes the original (a web stream, a minipass), so
+// Koa is given the Node stream that read it.
+function replaceBody<StateT, ContextT>(ctx: ParameterizedContext<StateT, ContextT>, stream: Readable): Readable {
   // Koa's body setter drops Content-Length when it replaces a body; the length still holds.
   const length = ctx.res.getHeader('Content-Length');
   ctx.body = stream;

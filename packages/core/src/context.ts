@@ -281,8 +281,8 @@ export class DbSessionCtx {
       this.#state = 'finished';
       this.#sessions.clear();
       this.#resolved.clear();
-      // After a commit these are no-ops; after a failure they roll back whatever is left.
-      await Promise.all(sessions.map((session) => session.end(false)));
+      // After a commit every session has ended; otherwise roll back whatever is left.
+      if (!commit || failure !== undefined) await Promise.all(sessions.map((session) => session.end(false)));
     }
     if (failure !== undefined) throw failure;
   }

@@ -1,4 +1,4 @@
-import { dbSession, newNonCtxAtomicSession, newNonCtxSession, runInNewCtx } from './api.js';
+import { dbSession, type NewTransactionOptions, newNonCtxAtomicSession, newNonCtxSession, runInNewCtx } from './api.js';
 import { DbConnect } from './connect.js';
 import { type BeforeCommitCallback, DbSessionCtx, type FinishOptions, storage } from './context.js';
 import { InvalidOptionsError } from './errors.js';
@@ -66,11 +66,11 @@ export interface DbHelpers {
   /** The request context's session for the adapter's `db` (`dbSession(db)`). */
   session(): Promise<DbSession>;
   /** `runInNewCtx(fn, ...args)`: concurrent work in an independent context and connection. */
-  runInNewCtx<A extends unknown[], R>(fn: (...args: A) => Promise<R> | R, ...args: A): Promise<R>;
+  runInNewCtx: typeof runInNewCtx;
   /** `newNonCtxSession(db, fn)`: a session of its own that `fn` commits itself. */
   newSession<R>(fn: (session: DbSession) => Promise<R> | R): Promise<R>;
-  /** `newNonCtxAtomicSession(db, fn)`: a session of its own, committed when `fn` returns. */
-  newAtomicSession<R>(fn: (session: DbSession) => Promise<R> | R): Promise<R>;
+  /** `newNonCtxAtomicSession(db, fn, options)`: a session of its own, committed when `fn` returns. */
+  newAtomicSession<R>(fn: (session: DbSession) => Promise<R> | R, options?: NewTransactionOptions): Promise<R>;
 }
 
 /**
@@ -88,7 +88,7 @@ export function createDbHelpers(db: DbConnect): DbHelpers {
     session: () => dbSession(db),
     runInNewCtx,
     newSession: (fn) => newNonCtxSession(db, fn),
-    newAtomicSession: (fn) => newNonCtxAtomicSession(db, fn),
+    newAtomicSession: (fn, options) => newNonCtxAtomicSession(db, fn, options),
   };
 }
 

@@ -1,7 +1,14 @@
 import type { DbConnect } from './connect.js';
 import { type BeforeCommitCallback, DbSessionCtx as Ctx, type DbSessionCtx, storage } from './context.js';
 import { ContextNotInitiatedError, InvalidOptionsError, TransactionAlreadyOpenError } from './errors.js';
-import type { DbSession } from './session.js';
+import type { DbSession, TransactionHook } from './session.js';
+import {
+  type RetryOptions,
+  type TransactionOptions,
+  validateRetry,
+  validateTransactionOptions,
+  withRetry,
+} from './transaction.js';
 
 function requireCtx(what: string): DbSessionCtx {
   const ctx = storage.getStore();
@@ -77,53 +84,112 @@ export async function closeDbSession(db: DbConnect): Promise<void> {
 }
 
 /** What `atomicDbSession` does with a transaction already open on the context session. */
-export type CurrentTransactionMode = 'commit' | 'rollback' | 'append' | 'raise';
+export type CurrentTransactionMode = 'commit' | 'rollback' | 'append' | 'raise' | 'nested';
 
 export interface AtomicOptions {
   /**
    * `'commit'` (default): commit it first; `'rollback'`: roll it back first; `'append'`: join it,
-   * so it commits (or rolls back) with `fn`'s work; `'raise'`: throw `TransactionAlreadyOpenError`.
-   * Blocks started concurrently on one session run one after the other; a block cannot run inside
-   * another on the same session (`NestedAtomicBlockError`).
+   * so it commits (or rolls back) with `fn`'s work; `'raise'`: throw `TransactionAlreadyOpenError`;
+   * `'nested'`: run `fn` in a SAVEPOINT of it, rolled back alone when `fn` throws (and, with none
+   * open, as a transaction of its own). Blocks started concurrently on one session run one after
+   * the other; only a `'nested'` block may run inside another on the same session
+   * (`NestedAtomicBlockError` otherwise).
    */
   readonly currentTransaction?: CurrentTransactionMode;
+  /** Options of the transaction the block begins; refused when it joins or nests in an open one. */
+  readonly transaction?: TransactionOptions;
+  /**
+   * Run `fn` again from the start when its transaction fails with a serialization failure or a
+   * deadlock (SQLSTATE 40001, 40P01), COMMIT included. Only for a block that owns its
+   * transaction: not with `'append'`, nor `'nested'` inside an open transaction.
+   */
+  readonly retry?: RetryOptions;
 }
 
-const MODES: readonly CurrentTransactionMode[] = ['commit', 'rollback', 'append', 'raise'];
+/** Options of `newNonCtxAtomicSession` and of `runInNewCtx`'s options form. */
+export interface NewTransactionOptions {
+  /** Options of the transactions the new session (or context) begins. */
+  readonly transaction?: TransactionOptions;
+  /** Retries on serialization failures and deadlocks, as in `atomicDbSession`. */
+  readonly retry?: RetryOptions;
+}
+
+const MODES: readonly CurrentTransactionMode[] = ['commit', 'rollback', 'append', 'raise', 'nested'];
+
+function checkNewTransaction(options: unknown, where: string) {
+  if (typeof options !== 'object' || options === null) {
+    throw new InvalidOptionsError(
+      `${where}: options must be an object like { transaction, retry }, got ${JSON.stringify(options)}.`,
+    );
+  }
+  const { transaction, retry, ...rest } = options as NewTransactionOptions & Record<string, unknown>;
+  return {
+    rest,
+    transaction: transaction === undefined ? undefined : validateTransactionOptions(transaction, where),
+    retry: validateRetry(retry, where),
+  };
+}
+
+function refuseUnknown(rest: Record<string, unknown>, where: string, known: string): void {
+  const key = Object.keys(rest)[0];
+  if (key !== undefined) throw new InvalidOptionsError(`${where}: unknown option "${key}"; the options are ${known}.`);
+}
 
 /**
  * Run `fn` in a transaction of its own on the context session: committed when `fn` returns,
  * rolled back when it throws (and the error rethrown). `currentTransaction` says what happens to
- * a transaction already open.
+ * a transaction already open; `transaction` sets isolation, access mode and timeouts; `retry`
+ * re-runs `fn` on serialization failures and deadlocks.
  *
  * @example
  * ```ts
  * await atomicDbSession(db, async (session) => {
  *   await session.query('UPDATE accounts SET balance = balance - 10 WHERE id = $1', [from]);
  *   await session.query('UPDATE accounts SET balance = balance + 10 WHERE id = $1', [to]);
- * });
+ * }, { transaction: { isolationLevel: 'serializable' }, retry: 3 });
  * ```
  */
 export async function atomicDbSession<R>(
   db: DbConnect,
   fn: (session: DbSession) => Promise<R> | R,
-  { currentTransaction = 'commit' }: AtomicOptions = {},
+  options: AtomicOptions = {},
 ): Promise<R> {
-  requireFunction(fn, 'atomicDbSession(db, fn)');
+  const where = 'atomicDbSession(db, fn, options)';
+  requireFunction(fn, where);
+  const { rest, transaction, retry } = checkNewTransaction(options, where);
+  const { currentTransaction = 'commit', ...unknown } = rest as { currentTransaction?: CurrentTransactionMode };
+  refuseUnknown(unknown, where, 'currentTransaction, transaction, retry');
   if (!MODES.includes(currentTransaction)) {
     throw new InvalidOptionsError(
       `atomicDbSession: currentTransaction must be one of ${MODES.join(', ')}, got ${JSON.stringify(currentTransaction)}.`,
     );
   }
+  if (retry !== undefined && currentTransaction === 'append') {
+    throw new InvalidOptionsError(
+      "atomicDbSession: retry needs a block that owns its transaction; with currentTransaction: 'append' a retry " +
+        'would re-run only part of it. Put the retry on the outermost block (or runInNewCtx).',
+    );
+  }
   const session = await dbSession(db);
-  return session.exclusive(async () => {
-    if (session.inTransaction) {
+  const nested = currentTransaction === 'nested';
+  return session.exclusive(async (enclosed) => {
+    if (session.inTransaction || (nested && enclosed)) {
       if (currentTransaction === 'raise') throw new TransactionAlreadyOpenError();
       if (currentTransaction === 'commit') await session.commit();
       if (currentTransaction === 'rollback') await session.rollback();
+      if (nested || currentTransaction === 'append') {
+        if (transaction !== undefined || retry !== undefined) {
+          throw new TransactionAlreadyOpenError(
+            `atomicDbSession: currentTransaction: '${currentTransaction}' joins the transaction already open, so its ` +
+              `${transaction === undefined ? 'retry' : 'transaction options'} cannot apply (PostgreSQL fixes them at ` +
+              'BEGIN, and a retry would re-run only part of the transaction). Give them to the outer block or route.',
+          );
+        }
+        return nested ? session.savepoint(() => fn(session)) : inTransaction(session, fn);
+      }
     }
-    return inTransaction(session, fn);
-  });
+    return withRetry(retry, () => session.withOptions(transaction, () => inTransaction(session, fn)));
+  }, nested);
 }
 
 async function inTransaction<R>(session: DbSession, fn: (session: DbSession) => Promise<R> | R): Promise<R> {
@@ -136,6 +202,40 @@ async function inTransaction<R>(session: DbSession, fn: (session: DbSession) => 
   }
   await session.commit();
   return result;
+}
+
+/**
+ * Run `fn` after the COMMIT that makes the work done so far in the current context's session for
+ * `db` durable: the request's commit before its response, `commitDbSession`, or the end of the
+ * enclosing atomic block. Dropped when that work is rolled back (an error, a status >= 400, a
+ * failed COMMIT, a nested block that threw, a retried attempt). Hooks run in registration order
+ * and are awaited before the response is released; one that throws is logged, never turning a
+ * committed request into an error. Throws `ContextNotInitiatedError` outside a context; for a
+ * session of your own use `session.onCommit(fn)`.
+ *
+ * @example
+ * ```ts
+ * await session.query('INSERT INTO orders (id) VALUES ($1)', [id]);
+ * await onCommit(db, () => mailer.send(orderConfirmation(id)));
+ * ```
+ */
+export async function onCommit(db: DbConnect, fn: TransactionHook): Promise<void> {
+  requireFunction(fn, 'onCommit(db, fn)');
+  (await requireCtx('onCommit()').getSession(db)).onCommit(fn);
+}
+
+/**
+ * Run `fn` after the work done so far in the current context's session for `db` is rolled back;
+ * dropped once it commits. The counterpart of `onCommit`, with the same rules.
+ *
+ * @example
+ * ```ts
+ * await onRollback(db, () => uploads.delete(tempFile));
+ * ```
+ */
+export async function onRollback(db: DbConnect, fn: TransactionHook): Promise<void> {
+  requireFunction(fn, 'onRollback(db, fn)');
+  (await requireCtx('onRollback()').getSession(db)).onRollback(fn);
 }
 
 /**
@@ -172,27 +272,57 @@ export async function newNonCtxSession<R>(db: DbConnect, fn: (session: DbSession
  *   (await session.query<{ id: number }>('INSERT INTO jobs DEFAULT VALUES RETURNING id')).rows[0]?.id);
  * ```
  */
-export function newNonCtxAtomicSession<R>(db: DbConnect, fn: (session: DbSession) => Promise<R> | R): Promise<R> {
-  requireFunction(fn, 'newNonCtxAtomicSession(db, fn)');
-  return newNonCtxSession(db, (session) => inTransaction(session, fn));
+export function newNonCtxAtomicSession<R>(
+  db: DbConnect,
+  fn: (session: DbSession) => Promise<R> | R,
+  options: NewTransactionOptions = {},
+): Promise<R> {
+  const where = 'newNonCtxAtomicSession(db, fn, options)';
+  requireFunction(fn, where);
+  const { rest, transaction, retry } = checkNewTransaction(options, where);
+  refuseUnknown(rest, where, 'transaction, retry');
+  return newNonCtxSession(db, (session) =>
+    withRetry(retry, () => session.withOptions(transaction, () => inTransaction(session, fn))),
+  );
 }
 
 /**
  * Run `fn(...args)` in a fresh context of its own, even inside another one: its sessions get
  * their own connections, are committed when `fn` returns, rolled back when it throws, and always
- * closed. The way to run work concurrently with the request's session, or to outlive it.
+ * closed. The way to run work concurrently with the request's session, or to outlive it. The
+ * options form, `runInNewCtx({ transaction, retry }, fn, ...args)`, sets the options of the
+ * context's transactions and re-runs `fn` in a new context on serialization failures and
+ * deadlocks.
  *
  * @example
  * ```ts
  * await Promise.all([insertRow(), runInNewCtx(insertRow), runInNewCtx(insertNamed, 'b')]);
+ * await runInNewCtx({ transaction: { isolationLevel: 'serializable' }, retry: 3 }, transfer, from, to);
  * ```
  */
-export async function runInNewCtx<A extends unknown[], R>(fn: (...args: A) => Promise<R> | R, ...args: A): Promise<R> {
-  requireFunction(fn, 'runInNewCtx(fn)');
+export function runInNewCtx<A extends unknown[], R>(fn: (...args: A) => Promise<R> | R, ...args: A): Promise<R>;
+export function runInNewCtx<A extends unknown[], R>(
+  options: NewTransactionOptions,
+  fn: (...args: A) => Promise<R> | R,
+  ...args: A
+): Promise<R>;
+export async function runInNewCtx(first: unknown, ...rest: unknown[]): Promise<unknown> {
+  if (typeof first === 'function') return newCtx(undefined, first as (...args: unknown[]) => unknown, rest);
+  if (typeof first !== 'object' || first === null) requireFunction(first, 'runInNewCtx(fn)');
+  const where = 'runInNewCtx(options, fn, ...args)';
+  const { rest: unknown, transaction, retry } = checkNewTransaction(first, where);
+  refuseUnknown(unknown, where, 'transaction, retry');
+  const [fn, ...args] = rest;
+  requireFunction(fn, where);
+  return withRetry(retry, () => newCtx(transaction, fn as (...args: unknown[]) => unknown, args));
+}
+
+function newCtx(transaction: TransactionOptions | undefined, fn: (...args: unknown[]) => unknown, args: unknown[]) {
   const ctx = new Ctx(storage.getStore());
+  if (transaction !== undefined) ctx.setTransactionOptions(transaction);
   // storage.run directly: a nested context is the point here, which ctx.run() refuses.
   return storage.run(ctx, async () => {
-    let result: R;
+    let result: unknown;
     try {
       result = await fn(...args);
     } catch (err) {

@@ -3,6 +3,7 @@ import type { Pool, PoolConfig } from 'pg';
 import pg from 'pg';
 import { DatabaseUnavailableError, DbConnectClosedError, InvalidOptionsError } from './errors.js';
 import { DbSession, type SessionDriver } from './session.js';
+import { beginStatement, type TransactionOptions, validateTransactionOptions } from './transaction.js';
 
 /** Builds the pool for a host; called lazily on first use and again after `changeHost()`. */
 export type CreatePool = (host: string | undefined) => Pool;
@@ -35,6 +36,12 @@ export interface DbConnectOptions {
    * session state.
    */
   readonly resetSession?: boolean;
+  /**
+   * The options every transaction of this database starts with (isolation level, read-only,
+   * timeouts); a route, `runInNewCtx` or an atomic block can override them field by field.
+   * Sent with BEGIN, in the same round trip.
+   */
+  readonly transaction?: TransactionOptions | undefined;
 }
 
 /**
@@ -197,9 +204,13 @@ export class DbConnect {
           });
       },
       release: (client, destroy) => poolScope.runInAsyncScope(() => client.release(destroy)),
-      beginSql: 'BEGIN',
-      commitSql: 'COMMIT',
-      rollbackSql: 'ROLLBACK',
+      defaults:
+        options.transaction === undefined
+          ? undefined
+          : validateTransactionOptions(options.transaction, 'new DbConnect({ transaction })'),
+      beginSql: beginStatement,
+      commitSql: () => 'COMMIT',
+      rollbackSql: () => 'ROLLBACK',
       checkSql: 'SET CONSTRAINTS ALL IMMEDIATE',
       resetSql: options.resetSession === false ? '' : RESET_SESSION_SQL,
     };
@@ -208,6 +219,11 @@ export class DbConnect {
   /** The host new pools are built for. */
   get host(): string | undefined {
     return this.#host;
+  }
+
+  /** The transaction options every session of this database starts from (`options.transaction`). */
+  get transaction(): TransactionOptions | undefined {
+    return this.#driver.defaults;
   }
 
   /** True after `close()`. */

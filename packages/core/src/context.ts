@@ -2,6 +2,7 @@ import { AsyncLocalStorage } from 'node:async_hooks';
 import type { DbConnect } from './connect.js';
 import { ContextAlreadyInitiatedError, SessionClosedError } from './errors.js';
 import type { DbSession } from './session.js';
+import { type TransactionOptions, validateTransactionOptions } from './transaction.js';
 
 /** Awaited just before each session with an open transaction is committed; not on rollback. */
 export type BeforeCommitCallback = (session: DbSession) => void | Promise<void>;
@@ -64,6 +65,12 @@ export class DbSessionCtx {
   sessionFactory: SessionFactory | undefined;
   /** @internal Makes the sessions of contexts opened inside this one (and is passed on to them). */
   childFactory: SessionFactory | undefined;
+  /**
+   * @internal Where an `onCommit` / `onRollback` hook that threw is reported (an adapter's
+   * framework logger); default `console.error`.
+   */
+  hookErrors: ((err: unknown, kind: string) => void) | undefined;
+  #transaction: TransactionOptions | undefined;
 
   /**
    * A new, open context. `parent` is the context it is opened in, if any: a context opened inside
@@ -75,6 +82,7 @@ export class DbSessionCtx {
     // background context must not keep its request's context alive.
     this.parent = this.childFactory === undefined ? undefined : parent;
     this.sessionFactory = this.childFactory;
+    this.hookErrors = parent?.hookErrors;
   }
 
   /** True while no session has been asked for (or all were closed): finishing costs nothing. */
@@ -104,6 +112,22 @@ export class DbSessionCtx {
   }
 
   /**
+   * Set the transaction options of this context's sessions (over each database's defaults), for
+   * the transactions they open from now on. Throws `TransactionAlreadyOpenError` when one of them
+   * already has a transaction open: set them before the first query.
+   *
+   * @example
+   * ```ts
+   * ctx.setTransactionOptions({ isolationLevel: 'serializable' });
+   * ```
+   */
+  setTransactionOptions(options: TransactionOptions | undefined): void {
+    const valid = options === undefined ? undefined : validateTransactionOptions(options, 'setTransactionOptions()');
+    for (const session of this.#resolved) session.setTransactionOptions(valid);
+    this.#transaction = valid;
+  }
+
+  /**
    * The context's session for `db`, created on first call (no connection is taken yet).
    *
    * @example
@@ -124,6 +148,9 @@ export class DbSessionCtx {
     this.#sessions.set(db, created);
     created.then(
       (session) => {
+        // Runs before the caller's own continuation: the session is configured when they get it.
+        if (this.#transaction !== undefined) session.setTransactionOptions(this.#transaction);
+        if (this.hookErrors !== undefined) session.hookErrors = this.hookErrors;
         this.#resolved.add(session);
         // Made while the context was open, ready after its finish began: refuse what comes now.
         if (this.#state !== 'open') session.seal();
@@ -168,6 +195,7 @@ export class DbSessionCtx {
     // end(), not close(): taken out of the context, it is ours to end even if a finish has
     // sealed it meanwhile (the finish no longer sees it).
     await session.end(false);
+    await session.runHooks();
   }
 
   /**
@@ -284,6 +312,8 @@ export class DbSessionCtx {
       // After a commit every session has ended; otherwise roll back whatever is left.
       if (!commit || failure !== undefined) await Promise.all(sessions.map((session) => session.end(false)));
     }
+    // After every session ended: an onCommit hook runs only once the outcome of all is known.
+    for (const session of sessions) await session.runHooks();
     if (failure !== undefined) throw failure;
   }
 

@@ -68,13 +68,12 @@ export class SessionClosedError extends ContextDbError {
 
 /** `atomicDbSession(db, fn, { currentTransaction: 'raise' })` found a transaction already open. */
 export class TransactionAlreadyOpenError extends ContextDbError {
-  constructor() {
-    super(
-      'TRANSACTION_ALREADY_OPEN',
-      'atomicDbSession() with currentTransaction: "raise" found a transaction already open on the ' +
-        'context session. Commit or roll it back first (commitDbSession / rollbackDbSession), or ' +
-        'pass currentTransaction: "commit" | "rollback" | "append".',
-    );
+  constructor(
+    message = 'atomicDbSession() with currentTransaction: "raise" found a transaction already open on the ' +
+      'context session. Commit or roll it back first (commitDbSession / rollbackDbSession), or ' +
+      'pass currentTransaction: "commit" | "rollback" | "append" | "nested".',
+  ) {
+    super('TRANSACTION_ALREADY_OPEN', message);
   }
 }
 
@@ -90,14 +89,13 @@ function detailOf({ reason, cause }: CommitFailureOptions): string | undefined {
 
 /** `atomicDbSession()` was called inside another atomic block on the same session. */
 export class NestedAtomicBlockError extends ContextDbError {
-  constructor() {
-    super(
-      'NESTED_ATOMIC_BLOCK',
-      'atomicDbSession() was called inside another atomicDbSession() block on the same session: ' +
-        "committing or rolling back here would end the outer block's transaction half-way. Call the " +
-        'inner code directly to make it part of the outer block, or use runInNewCtx(fn) for a ' +
-        'transaction of its own.',
-    );
+  constructor(
+    message = 'atomicDbSession() was called inside another atomicDbSession() block on the same session: ' +
+      "committing or rolling back here would end the outer block's transaction half-way. Pass " +
+      "currentTransaction: 'nested' to run the inner block in a savepoint, call the inner code " +
+      'directly to make it part of the outer block, or use runInNewCtx(fn) for a transaction of its own.',
+  ) {
+    super('NESTED_ATOMIC_BLOCK', message);
   }
 }
 

@@ -15,8 +15,11 @@ export {
   commitAllSessions,
   commitDbSession,
   dbSession,
+  type NewTransactionOptions,
   newNonCtxAtomicSession,
   newNonCtxSession,
+  onCommit,
+  onRollback,
   rollbackAllSessions,
   rollbackDbSession,
   runInNewCtx,
@@ -52,5 +55,11 @@ export {
   SessionClosedError,
   TransactionAlreadyOpenError,
 } from './errors.js';
-export { DbSession } from './session.js';
+export { DbSession, type TransactionHook } from './session.js';
 export { firstChunk, isStreamBody, isWebStream, toReadable } from './stream.js';
+export {
+  type IsolationLevel,
+  type RetryOptions,
+  type TransactionOptions,
+  validateTransactionOptions,
+} from './transaction.js';

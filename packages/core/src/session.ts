@@ -1,6 +1,14 @@
 import { AsyncLocalStorage, AsyncResource } from 'node:async_hooks';
 import type { PoolClient, QueryConfig, QueryResult, QueryResultRow } from 'pg';
-import { CommitFailedError, CommitOutcomeUnknownError, NestedAtomicBlockError, SessionClosedError } from './errors.js';
+import {
+  CommitFailedError,
+  CommitOutcomeUnknownError,
+  InvalidOptionsError,
+  NestedAtomicBlockError,
+  SessionClosedError,
+  TransactionAlreadyOpenError,
+} from './errors.js';
+import { mergeTransactionOptions, type TransactionOptions, validateTransactionOptions } from './transaction.js';
 
 /**
  * Where a session gets its connection and which statements open and end its transactions. The
@@ -11,9 +19,12 @@ export interface SessionDriver {
   acquire(): Promise<PoolClient>;
   /** Give the connection back; `destroy` when it may be unusable or mid-transaction. */
   release(client: PoolClient, destroy: boolean): void;
-  readonly beginSql: string;
-  readonly commitSql: string;
-  readonly rollbackSql: string;
+  /** The options every transaction of the driver's sessions starts from (`DbConnect`'s `transaction`). */
+  readonly defaults: TransactionOptions | undefined;
+  /** The statement(s) that open a transaction with `options`, in one round trip. */
+  beginSql(options: TransactionOptions | undefined): string;
+  commitSql(options: TransactionOptions | undefined): string;
+  rollbackSql(options: TransactionOptions | undefined): string;
   /** Checks deferred constraints now, before a COMMIT, without ending the transaction. */
   readonly checkSql: string;
   /**
@@ -39,6 +50,24 @@ function connectionLost(err: unknown): boolean {
   return (err as { severity?: unknown } | null)?.severity !== 'ERROR';
 }
 
+function newLevel(savepoint: string | undefined, token: object | undefined): Level {
+  return { savepoint, token, onCommit: [], onRollback: [] };
+}
+
+function optionsTooLate(): TransactionAlreadyOpenError {
+  return new TransactionAlreadyOpenError(
+    'Transaction options were set while a transaction is open (or about to begin) on the session: PostgreSQL ' +
+      'fixes them at BEGIN. Set them before the first query: on the DbConnect, the route, or the atomic block.',
+  );
+}
+
+function endsEnclosing(what: string): NestedAtomicBlockError {
+  return new NestedAtomicBlockError(
+    `${what} was called inside a nested atomic block: it would end the enclosing transaction, not the block. ` +
+      'Return from the block to keep its work, or throw to roll back only the block.',
+  );
+}
+
 function sealedError(): SessionClosedError {
   return new SessionClosedError("This session's context is finishing (the request has ended).");
 }
@@ -50,6 +79,30 @@ type Lease = () => SessionClosedError | undefined;
 const blocks = new AsyncLocalStorage<ReadonlySet<object>>();
 
 type Listener = (...args: unknown[]) => void;
+
+/** A callback run after the transaction it was registered in commits (`onCommit`) or rolls back. */
+export type TransactionHook = () => unknown;
+
+interface Due {
+  readonly kind: 'onCommit' | 'onRollback';
+  readonly fn: TransactionHook;
+}
+
+/** The hooks of one transaction level: the transaction itself, or a nested block's savepoint. */
+interface Level {
+  /** The savepoint's name; undefined for the transaction. */
+  readonly savepoint: string | undefined;
+  /** The block that opened the savepoint: hooks registered from inside it belong to it. */
+  readonly token: object | undefined;
+  readonly onCommit: TransactionHook[];
+  readonly onRollback: TransactionHook[];
+}
+
+let savepointCounter = 0;
+
+const reportHookError = (err: unknown, kind: string): void => {
+  console.error(`context-db: an ${kind} hook threw; the transaction's outcome stands.`, err);
+};
 
 interface Leased {
   readonly client: PoolClient;
@@ -157,6 +210,17 @@ export class DbSession implements AsyncDisposable {
   // An atomic block (or a finishing context's beforeCommit) holds the session: work from outside
   // it waits until it has ended.
   #block: { readonly token: object; readonly atomic: boolean; readonly ended: Promise<void> } | undefined;
+  // Transaction options: the session's (the database's defaults under its context's), those of
+  // the atomic block running now, and those the open transaction began with.
+  #options: TransactionOptions | undefined;
+  #blockOptions: TransactionOptions | undefined;
+  #current: TransactionOptions | undefined;
+  // levels[0] is the transaction; each nested block's savepoint adds one. Made on first need.
+  #levels: Level[] | undefined;
+  // Hooks whose transaction level has ended, waiting to run outside the session's queue.
+  #due: Due[] | undefined;
+  /** @internal Where a throwing hook is reported; adapters route it to the framework's logger. */
+  hookErrors: (err: unknown, kind: string) => void = reportHookError;
 
   readonly #onClientError = (): void => {
     // A checked-out pg client that loses its backend emits 'error'; unhandled, that would crash
@@ -167,6 +231,7 @@ export class DbSession implements AsyncDisposable {
   /** @internal Sessions are made by `DbConnect.createSession()` and `dbSession()`. */
   constructor(driver: SessionDriver) {
     this.#driver = driver;
+    this.#options = driver.defaults;
   }
 
   /** True while a transaction is open on this session's connection. */
@@ -251,10 +316,13 @@ export class DbSession implements AsyncDisposable {
     const wait = this.#outsideBlock();
     if (wait !== undefined) return wait.then(() => this.commit());
     if (this.#refused(true)) return Promise.reject(sealedError());
-    return this.#enqueue(() => {
-      this.#assertOpen();
-      return this.#commitNow(false);
-    });
+    if (this.#insideSavepoint()) return Promise.reject(endsEnclosing('commit()'));
+    return this.#thenHooks(
+      this.#enqueue(() => {
+        this.#assertOpen();
+        return this.#commitNow(false);
+      }),
+    );
   }
 
   /**
@@ -274,7 +342,126 @@ export class DbSession implements AsyncDisposable {
     const wait = this.#outsideBlock();
     if (wait !== undefined) return wait.then(() => this.rollback());
     if (this.#refused(true)) return Promise.reject(sealedError());
-    return this.#enqueue(() => this.#rollbackNow(false));
+    if (this.#insideSavepoint()) return Promise.reject(endsEnclosing('rollback()'));
+    return this.#thenHooks(this.#enqueue(() => this.#rollbackNow(false)));
+  }
+
+  /**
+   * Set the options of the transactions this session opens from now on (over its database's
+   * `transaction` defaults). Throws `TransactionAlreadyOpenError` while a transaction is open or
+   * about to begin: PostgreSQL fixes isolation and access mode at BEGIN.
+   *
+   * @example
+   * ```ts
+   * session.setTransactionOptions({ isolationLevel: 'repeatable read', readOnly: true });
+   * const { rows } = await session.query('SELECT count(*) FROM orders');
+   * ```
+   */
+  setTransactionOptions(options: TransactionOptions | undefined): void {
+    const valid = options === undefined ? undefined : validateTransactionOptions(options, 'setTransactionOptions()');
+    if (this.#inTransaction || this.#pending > 0) throw optionsTooLate();
+    this.#options = mergeTransactionOptions(this.#driver.defaults, valid);
+  }
+
+  /**
+   * Run `fn` after the COMMIT that makes the work done so far durable: the session's next
+   * commit, or, inside a nested atomic block, the commit of the transaction that block is part
+   * of. Dropped if that work is rolled back instead. Hooks run in registration order and are
+   * awaited; one that throws is reported (see the adapters' logging) and changes no outcome.
+   *
+   * @example
+   * ```ts
+   * await session.query('INSERT INTO orders (id) VALUES ($1)', [id]);
+   * session.onCommit(() => mailer.send(orderConfirmation(id)));
+   * ```
+   */
+  onCommit(fn: TransactionHook): void {
+    this.#level(fn, 'onCommit').onCommit.push(fn);
+  }
+
+  /**
+   * Run `fn` after the work done so far is rolled back (a rollback, a failed commit, a nested
+   * block that threw); dropped once it commits.
+   *
+   * @example
+   * ```ts
+   * session.onRollback(() => metrics.increment('orders.rolled_back'));
+   * ```
+   */
+  onRollback(fn: TransactionHook): void {
+    this.#level(fn, 'onRollback').onRollback.push(fn);
+  }
+
+  /** The transaction level a hook registered by the caller belongs to: its innermost block's. */
+  #level(fn: unknown, what: string): Level {
+    if (typeof fn !== 'function') throw new InvalidOptionsError(`${what}(fn) needs a function, got ${typeof fn}.`);
+    if (this.#closed || this.#refused()) throw sealedError();
+    const levels = this.#openLevels();
+    const mine = blocks.getStore();
+    for (let at = levels.length - 1; at > 0; at--) {
+      const level = levels[at] as Level;
+      if (level.token !== undefined && mine?.has(level.token)) return level;
+    }
+    return levels[0] as Level;
+  }
+
+  /**
+   * @internal Run the hooks whose transaction level has ended, in order; each failure goes to
+   * `hookErrors`. Never rejects.
+   */
+  runHooks(): Promise<void> {
+    return this.#due === undefined || this.#due.length === 0 ? DONE : this.#runDue();
+  }
+
+  async #runDue(): Promise<void> {
+    const due = this.#due;
+    for (let hook = due?.shift(); hook !== undefined; hook = due?.shift()) {
+      try {
+        await hook.fn();
+      } catch (err) {
+        try {
+          this.hookErrors(err, hook.kind);
+        } catch {
+          // A logger that throws must not undo the outcome either.
+        }
+      }
+    }
+  }
+
+  #thenHooks(done: Promise<void>): Promise<void> {
+    return done.then(
+      () => this.runHooks(),
+      (err: unknown) =>
+        this.runHooks().then(() => {
+          throw err;
+        }),
+    );
+  }
+
+  /** The transaction ended: its hooks (and those of savepoints still open in it) fall due or go. */
+  #transactionEnded(committed: boolean | undefined): void {
+    const levels = this.#levels;
+    if (levels === undefined) return;
+    this.#levels = undefined;
+    if (committed !== undefined) this.#schedule(levels, committed);
+  }
+
+  #schedule(levels: readonly Level[], committed: boolean): void {
+    this.#due ??= [];
+    const due = this.#due;
+    const kind = committed ? 'onCommit' : 'onRollback';
+    for (const level of levels) for (const fn of level[kind]) due.push({ kind, fn });
+  }
+
+  #openLevels(): Level[] {
+    this.#levels ??= [newLevel(undefined, undefined)];
+    return this.#levels;
+  }
+
+  /** True while the caller runs inside a nested block's savepoint, where commit() would end the outer transaction. */
+  #insideSavepoint(): boolean {
+    const levels = this.#levels;
+    return levels !== undefined && levels.length > 1;
   }
 
   /**
@@ -292,7 +479,7 @@ export class DbSession implements AsyncDisposable {
     const wait = this.#outsideBlock();
     if (wait !== undefined) return wait.then(() => this.close());
     if (this.#sealed) return DONE;
-    return this.end(false);
+    return this.end(false).then(() => this.runHooks());
   }
 
   /** `await using session = await db.createSession()` closes the session at the end of scope. */
@@ -314,15 +501,95 @@ export class DbSession implements AsyncDisposable {
    * rollback can end its transaction half-way. Blocks queue behind each other; a block begun
    * before the session's context started finishing runs to its end.
    */
-  async exclusive<R>(fn: () => Promise<R>): Promise<R> {
+  async exclusive<R>(fn: (enclosed: boolean) => Promise<R>, nests = false): Promise<R> {
     const holder = this.#block;
     if (holder !== undefined && blocks.getStore()?.has(holder.token)) {
-      if (holder.atomic) throw new NestedAtomicBlockError();
-      return this.#hold(fn, true); // a block inside the finishing context's beforeCommit
+      if (holder.atomic && !nests) throw new NestedAtomicBlockError();
+      // A nested block inside an atomic one, or a block inside a finishing context's beforeCommit.
+      return this.#hold(() => fn(holder.atomic), true);
     }
     while (this.#block !== undefined) await this.#block.ended;
     if (this.#sealed) throw sealedError();
-    return this.#hold(fn, true);
+    return this.#hold(() => fn(false), true);
+  }
+
+  /**
+   * @internal Inside a block holding the session: transactions it begins take `options` over the
+   * session's own, until `fn` ends. Throws `TransactionAlreadyOpenError` when one is already open.
+   */
+  async withOptions<R>(options: TransactionOptions | undefined, fn: () => Promise<R>): Promise<R> {
+    if (options === undefined) return fn();
+    if (this.#inTransaction) throw optionsTooLate();
+    const outer = this.#blockOptions;
+    this.#blockOptions = options;
+    try {
+      return await fn();
+    } finally {
+      this.#blockOptions = outer;
+    }
+  }
+
+  /**
+   * @internal Run `fn` inside a SAVEPOINT of the open transaction (beginning one if none is open
+   * yet): released when `fn` returns, rolled back alone when it throws, so the transaction goes
+   * on either way. Call it from a block holding the session (`exclusive`).
+   */
+  async savepoint<R>(fn: () => Promise<R> | R): Promise<R> {
+    const name = `context_db_nested_${++savepointCounter}`;
+    const token = this.#block?.token;
+    await this.#enqueue(async () => {
+      const client = await this.#begun();
+      await client.query(`SAVEPOINT ${name}`);
+      this.#openLevels().push(newLevel(name, token));
+    });
+    let result: R;
+    try {
+      result = await fn();
+    } catch (err) {
+      await this.#enqueue(() => this.#endSavepoint(name, false));
+      await this.runHooks();
+      throw err;
+    }
+    await this.#thenHooks(this.#enqueue(() => this.#endSavepoint(name, true)));
+    return result;
+  }
+
+  async #endSavepoint(name: string, release: boolean): Promise<void> {
+    const levels = this.#levels;
+    const at = levels?.findIndex((level) => level.savepoint === name) ?? -1;
+    if (levels === undefined || at === -1 || !this.#inTransaction) {
+      // The transaction ended under the block (the session was closed): its work is gone.
+      if (release) throw new SessionClosedError('The session was closed inside a nested atomic block.');
+      return;
+    }
+    const client = this.#client as PoolClient;
+    const ended = levels.splice(at);
+    const parent = levels[at - 1] as Level;
+    if (release) {
+      try {
+        await client.query(`RELEASE SAVEPOINT ${name}`);
+        for (const level of ended) {
+          parent.onCommit.push(...level.onCommit);
+          parent.onRollback.push(...level.onRollback);
+        }
+        return;
+      } catch (err) {
+        if (connectionLost(err)) {
+          this.#broken = true;
+          levels.push(...ended); // the transaction is gone with them: its end decides
+          throw err;
+        }
+        // A statement in the block failed and the block went on: its work cannot be kept.
+        await this.#send(client, `ROLLBACK TO SAVEPOINT ${name}; RELEASE SAVEPOINT ${name}`, false);
+        this.#schedule(ended, false);
+        throw new CommitFailedError({
+          cause: err,
+          reason: 'a statement in the nested block failed, so it was rolled back',
+        });
+      }
+    }
+    if (!this.#broken) await this.#send(client, `ROLLBACK TO SAVEPOINT ${name}; RELEASE SAVEPOINT ${name}`, false);
+    this.#schedule(ended, false);
   }
 
   /**
@@ -432,6 +699,7 @@ export class DbSession implements AsyncDisposable {
     if (wait !== undefined) return wait.then(() => this.end(true));
     // Nothing queued and nothing sent on the connection since its last reset: release now.
     if (this.#pending === 0 && !this.#inTransaction && !this.#dirty) {
+      this.#transactionEnded(commit);
       this.#closed = true;
       this.#releaseClient();
       this.#ending = DONE;
@@ -482,7 +750,9 @@ export class DbSession implements AsyncDisposable {
     }
     if (!this.#inTransaction) {
       this.#dirty = this.#driver.resetSql !== '';
-      await client.query(this.#driver.beginSql);
+      const options = mergeTransactionOptions(this.#options, this.#blockOptions);
+      await client.query(this.#driver.beginSql(options));
+      this.#current = options;
       this.#inTransaction = true;
     }
     return client;
@@ -496,32 +766,41 @@ export class DbSession implements AsyncDisposable {
 
   async #commitNow(final: boolean): Promise<void> {
     const client = this.#client;
-    if (client === undefined) return;
-    if (!this.#inTransaction) {
-      if (final) await this.#reset(client);
+    if (client === undefined || !this.#inTransaction) {
+      // Nothing to commit: what was done before the hooks is as durable as it gets.
+      this.#transactionEnded(true);
+      if (client !== undefined && final) await this.#reset(client);
       return;
     }
     this.#inTransaction = false;
+    const options = this.#current;
     if (this.#broken) {
       // Known before sending anything: the server dropped the transaction with the connection.
+      this.#transactionEnded(false);
       throw new CommitFailedError({ reason: 'the connection to the database was lost before COMMIT' });
     }
     let result: QueryResult | QueryResult[];
     try {
-      result = (await client.query(this.#withReset(this.#driver.commitSql, final))) as QueryResult | QueryResult[];
+      result = (await client.query(this.#withReset(this.#driver.commitSql(options), final))) as
+        | QueryResult
+        | QueryResult[];
     } catch (err) {
       if (connectionLost(err)) {
         this.#broken = true;
+        this.#transactionEnded(undefined); // committed or not, nobody knows: neither kind runs
         throw new CommitOutcomeUnknownError({ cause: err });
       }
       // The transaction is gone (or, under a savepoint, must be rolled back); reset, then report.
-      await this.#send(client, this.#withReset(this.#driver.rollbackSql, final), final);
+      await this.#send(client, this.#withReset(this.#driver.rollbackSql(options), final), final);
+      this.#transactionEnded(false);
       throw new CommitFailedError({ cause: err });
     }
     if (final) this.#dirty = false;
     // PostgreSQL answers COMMIT of an aborted transaction with ROLLBACK and no error.
     const first = Array.isArray(result) ? result[0] : result;
-    if (first?.command === 'ROLLBACK') {
+    const committed = first?.command !== 'ROLLBACK';
+    this.#transactionEnded(committed);
+    if (!committed) {
       throw new CommitFailedError({
         reason: 'an earlier statement failed and aborted the transaction, so PostgreSQL rolled it back',
       });
@@ -529,6 +808,7 @@ export class DbSession implements AsyncDisposable {
   }
 
   async #rollbackNow(final: boolean): Promise<void> {
+    this.#transactionEnded(false);
     const client = this.#client;
     if (client === undefined) return;
     if (!this.#inTransaction) {
@@ -537,7 +817,9 @@ export class DbSession implements AsyncDisposable {
     }
     this.#inTransaction = false;
     // A lost connection took the transaction with it; otherwise roll back (and reset if final).
-    if (!this.#broken) await this.#send(client, this.#withReset(this.#driver.rollbackSql, final), final);
+    if (!this.#broken) {
+      await this.#send(client, this.#withReset(this.#driver.rollbackSql(this.#current), final), final);
+    }
     if (this.#broken && !final) this.#releaseClient();
   }
 

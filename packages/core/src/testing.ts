@@ -2,6 +2,7 @@ import type { DbConnect } from './connect.js';
 import { DbSessionCtx, type SessionFactory, storage } from './context.js';
 import { ContextNotInitiatedError, SessionClosedError } from './errors.js';
 import { DbSession } from './session.js';
+import { resetLocalTimeouts, setLocalTimeouts } from './transaction.js';
 
 // How the helpers make a test behave like production inside one rolled-back transaction:
 // - the test's context (setTestContext) holds one session per database, the "base";
@@ -99,7 +100,7 @@ export async function putSavepointSessionInCtx<R>(
   const own = ctx.sessionFactory;
   const child = ctx.childFactory;
   ctx.sessionFactory = (target, owner) => {
-    if (target === db) return Promise.resolve(savepointSession(session, owner, turnFor(session)));
+    if (target === db) return Promise.resolve(savepointSession(db, session, owner, turnFor(session)));
     return own === undefined ? target.createSession() : own(target, owner);
   };
   ctx.childFactory ??= savepointsOn(ctx);
@@ -118,14 +119,15 @@ function savepointsOn(ctx: DbSessionCtx): SessionFactory {
   // so two requests touching two databases in opposite orders cannot wait for each other.
   return async (db, owner) => {
     if (ctx.finished) throw new SessionClosedError('The test context this work was started in has ended.');
-    return savepointSession(await ctx.getSession(db), owner, turnFor(ctx));
+    return savepointSession(db, await ctx.getSession(db), owner, turnFor(ctx));
   };
 }
 
 let savepointCounter = 0;
 
-function savepointSession(base: DbSession, owner: DbSessionCtx, turn: Turn): DbSession {
+function savepointSession(db: DbConnect, base: DbSession, owner: DbSessionCtx, turn: Turn): DbSession {
   const name = `context_db_sp_${++savepointCounter}`;
+  const rollbackTo = `ROLLBACK TO SAVEPOINT ${name}; RELEASE SAVEPOINT ${name}`;
   return new DbSession({
     acquire: async () => {
       await turn.enter(owner);
@@ -137,13 +139,25 @@ function savepointSession(base: DbSession, owner: DbSessionCtx, turn: Turn): DbS
       }
     },
     release: () => turn.leave(owner),
-    beginSql: `SAVEPOINT ${name}`,
-    // A COMMIT checks deferred constraints; so does this, then restores their deferred mode for
-    // the rest of the test's transaction.
-    commitSql:
-      `SAVEPOINT ${name}_check; SET CONSTRAINTS ALL IMMEDIATE; ROLLBACK TO SAVEPOINT ${name}_check; ` +
-      `RELEASE SAVEPOINT ${name}_check; RELEASE SAVEPOINT ${name}`,
-    rollbackSql: `ROLLBACK TO SAVEPOINT ${name}; RELEASE SAVEPOINT ${name}`,
+    defaults: db.transaction,
+    // Inside the test's transaction the isolation level is the test's; read-only and timeouts
+    // apply to the savepoint.
+    beginSql: (options) =>
+      `SAVEPOINT ${name}` +
+      (options?.readOnly === true ? '; SET LOCAL transaction_read_only = on' : '') +
+      (options === undefined ? '' : setLocalTimeouts(options)),
+    commitSql: (options) =>
+      // A read-only savepoint wrote nothing to keep, and a released one would leave the rest of
+      // the test's transaction read-only.
+      // (The SAVEPOINT first fails in an aborted transaction, as a COMMIT would.)
+      options?.readOnly === true
+        ? `SAVEPOINT ${name}_check; ${rollbackTo}`
+        : // A COMMIT checks deferred constraints; so does this, then restores their deferred mode
+          // (and the timeouts) for the rest of the test's transaction.
+          `SAVEPOINT ${name}_check; SET CONSTRAINTS ALL IMMEDIATE; ROLLBACK TO SAVEPOINT ${name}_check; ` +
+          `RELEASE SAVEPOINT ${name}_check; RELEASE SAVEPOINT ${name}` +
+          (options === undefined ? '' : resetLocalTimeouts(options)),
+    rollbackSql: () => rollbackTo,
     checkSql: `SAVEPOINT ${name}_check; SET CONSTRAINTS ALL IMMEDIATE; ROLLBACK TO SAVEPOINT ${name}_check; RELEASE SAVEPOINT ${name}_check`,
     resetSql: '',
   });

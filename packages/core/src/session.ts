@@ -400,7 +400,7 @@ export class DbSession implements AsyncDisposable {
     const mine = blocks.getStore();
     for (let at = levels.length - 1; at > 0; at--) {
       const level = levels[at] as Level;
-      if (level.token !== undefined && mine?.has(level.token)) return level;
+      if (level.token === undefined || mine?.has(level.token)) return level;
     }
     return levels[0] as Level;
   }
@@ -532,26 +532,51 @@ export class DbSession implements AsyncDisposable {
   /**
    * @internal Run `fn` inside a SAVEPOINT of the open transaction (beginning one if none is open
    * yet): released when `fn` returns, rolled back alone when it throws, so the transaction goes
-   * on either way. Call it from a block holding the session (`exclusive`).
+   * on either way. Call it from a block holding the session (`exclusive`), whose hooks then
+   * belong to the savepoint.
    */
   async savepoint<R>(fn: () => Promise<R> | R): Promise<R> {
-    const name = `context_db_nested_${++savepointCounter}`;
-    const token = this.#block?.token;
-    await this.#enqueue(async () => {
-      const client = await this.#begun();
-      await client.query(`SAVEPOINT ${name}`);
-      this.#openLevels().push(newLevel(name, token));
-    });
+    const name = await this.beginSavepoint(this.#block?.token);
     let result: R;
     try {
       result = await fn();
     } catch (err) {
-      await this.#enqueue(() => this.#endSavepoint(name, false));
-      await this.runHooks();
+      await this.endSavepoint(name, false);
       throw err;
     }
-    await this.#thenHooks(this.#enqueue(() => this.#endSavepoint(name, true)));
+    await this.endSavepoint(name, true);
     return result;
+  }
+
+  /**
+   * @internal For query builders whose transactions are begun and ended by separate calls: open a
+   * SAVEPOINT (beginning the transaction if none is open) and return its name for
+   * `endSavepoint`. Hooks registered until it ends belong to it, unless `token` names the block
+   * they must come from.
+   */
+  beginSavepoint(token?: object): Promise<string> {
+    const wait = this.#outsideBlock();
+    if (wait !== undefined) return wait.then(() => this.beginSavepoint(token));
+    if (this.#refused()) return Promise.reject(sealedError());
+    const name = `context_db_nested_${++savepointCounter}`;
+    return this.#enqueue(async () => {
+      const client = await this.#begun();
+      await client.query(`SAVEPOINT ${name}`);
+      this.#openLevels().push(newLevel(name, token));
+      return name;
+    });
+  }
+
+  /**
+   * @internal Release (`release` true) or roll back the savepoint `name` and every one opened
+   * inside it, then run the hooks that fell due. Rejects with `CommitFailedError` when a release
+   * found the transaction aborted by a failed statement (the savepoint is rolled back then).
+   */
+  endSavepoint(name: string, release: boolean): Promise<void> {
+    const wait = this.#outsideBlock();
+    if (wait !== undefined) return wait.then(() => this.endSavepoint(name, release));
+    const ended = this.#enqueue(() => this.#endSavepoint(name, release));
+    return release ? this.#thenHooks(ended) : ended.then(() => this.runHooks());
   }
 
   async #endSavepoint(name: string, release: boolean): Promise<void> {

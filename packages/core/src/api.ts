@@ -272,7 +272,7 @@ export async function newNonCtxSession<R>(db: DbConnect, fn: (session: DbSession
  *   (await session.query<{ id: number }>('INSERT INTO jobs DEFAULT VALUES RETURNING id')).rows[0]?.id);
  * ```
  */
-export function newNonCtxAtomicSession<R>(
+export async function newNonCtxAtomicSession<R>(
   db: DbConnect,
   fn: (session: DbSession) => Promise<R> | R,
   options: NewTransactionOptions = {},

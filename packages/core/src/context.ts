@@ -309,8 +309,10 @@ export class DbSessionCtx {
       this.#state = 'finished';
       this.#sessions.clear();
       this.#resolved.clear();
-      // After a commit every session has ended; otherwise roll back whatever is left.
-      if (!commit || failure !== undefined) await Promise.all(sessions.map((session) => session.end(false)));
+      // After a commit every session has ended; otherwise roll back whatever is left. (A session
+      // whose COMMIT failed answers with that failure again: it is already in `failure`.)
+      if (!commit || failure !== undefined)
+        await Promise.all(sessions.map((session) => session.end(false).catch(noop)));
     }
     // After every session ended: an onCommit hook runs only once the outcome of all is known.
     for (const session of sessions) await session.runHooks();
@@ -346,6 +348,8 @@ async function commitSessions(sessions: DbSession[], beforeCommit: BeforeCommitC
   }
   for (const session of sessions) await session.end(true);
 }
+
+const noop = (): void => {};
 
 function commits({ statusCode = 200, error, commitOn = defaultCommitOn }: FinishOptions): boolean {
   return error === undefined && commitOn(statusCode);

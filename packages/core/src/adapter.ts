@@ -1,8 +1,9 @@
 import { dbSession, type NewTransactionOptions, newNonCtxAtomicSession, newNonCtxSession, runInNewCtx } from './api.js';
 import { DbConnect } from './connect.js';
 import { type BeforeCommitCallback, DbSessionCtx, type FinishOptions, storage } from './context.js';
-import { InvalidOptionsError } from './errors.js';
+import { ContextNotInitiatedError, InvalidOptionsError } from './errors.js';
 import type { DbSession } from './session.js';
+import { type TransactionOptions, validateTransactionOptions } from './transaction.js';
 
 // What the Fastify, Express and Koa adapters share: option checks, the request helpers, and the
 // request lifecycle (open or join a context, decide commit/rollback, abort). Each adapter only
@@ -92,6 +93,27 @@ export function createDbHelpers(db: DbConnect): DbHelpers {
   };
 }
 
+/**
+ * The body of the Express and Koa `transactionOptions()` route middleware: set the current
+ * request's transaction options, checked once when the route is declared.
+ *
+ * @example
+ * ```ts
+ * const apply = routeTransactionOptions({ readOnly: true }, 'transactionOptions()');
+ * app.get('/report', (req, res, next) => { apply(); next(); }, handler);
+ * ```
+ */
+export function routeTransactionOptions(options: TransactionOptions, where: string): () => void {
+  const valid = validateTransactionOptions(options, where);
+  return () => {
+    const ctx = storage.getStore();
+    if (ctx === undefined) {
+      throw new ContextNotInitiatedError(`${where} (place it after the contextDb() middleware)`);
+    }
+    ctx.setTransactionOptions(valid);
+  };
+}
+
 /** Thrown into the context's finish when the client went away before the response was sent. */
 export class ClientAbortedError extends Error {
   constructor() {
@@ -126,8 +148,19 @@ export class RequestCtx {
     this.#options = options;
   }
 
-  static open(options: ContextDbOptions): RequestCtx {
-    return new RequestCtx(new DbSessionCtx(storage.getStore()), options);
+  /**
+   * `reportHookError` receives an `onCommit` / `onRollback` hook that threw (the framework's
+   * logger); by default it goes to `console.error`.
+   */
+  static open(options: ContextDbOptions, reportHookError?: (err: unknown, kind: string) => void): RequestCtx {
+    const ctx = new DbSessionCtx(storage.getStore());
+    if (reportHookError !== undefined) ctx.hookErrors = reportHookError;
+    return new RequestCtx(ctx, options);
+  }
+
+  /** The route's transaction options (see `DbSessionCtx.setTransactionOptions`). */
+  setTransactionOptions(options: TransactionOptions): void {
+    this.#ctx.setTransactionOptions(options);
   }
 
   /**

@@ -4,6 +4,7 @@ export {
   createDbHelpers,
   type DbHelpers,
   RequestCtx,
+  routeTransactionOptions,
   validateContextDbOptions,
 } from './adapter.js';
 export {

@@ -6,7 +6,9 @@ import {
   type DbHelpers,
   isContextInitiated,
   RequestCtx,
+  routeTransactionOptions,
   runOutsideCtx,
+  type TransactionOptions,
   validateContextDbOptions,
 } from '@context-db/core';
 import type { ErrorRequestHandler, NextFunction, Request, RequestHandler, Response } from 'express';
@@ -582,6 +584,30 @@ export function noContextDb(): RequestHandler {
     const scope = (req as ScopedRequest)[kScope];
     if (scope instanceof RequestLink) scope.optOut(next);
     else next();
+  };
+}
+
+/**
+ * Route middleware that sets the transaction options of the request's sessions (over the
+ * `DbConnect`'s defaults): isolation level, read-only, timeouts. Place it after `contextDb()` and
+ * before the handler, ahead of any query; the options are checked when the route is declared.
+ *
+ * @example
+ * ```ts
+ * app.get('/report', transactionOptions({ isolationLevel: 'repeatable read', readOnly: true }), async (req, res) => {
+ *   res.json((await (await req.db.session()).query('SELECT count(*) FROM orders')).rows);
+ * });
+ * ```
+ */
+export function transactionOptions(options: TransactionOptions): RequestHandler {
+  const apply = routeTransactionOptions(options, 'transactionOptions()');
+  return function transactionOptionsMiddleware(_req, _res, next) {
+    try {
+      apply();
+    } catch (err) {
+      return next(err);
+    }
+    next();
   };
 }
 

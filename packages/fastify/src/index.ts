@@ -6,13 +6,16 @@ import {
   createDbHelpers,
   type DbHelpers,
   firstChunk,
+  InvalidOptionsError,
   isContextInitiated,
   isStreamBody,
   isWebStream,
   RequestCtx,
   runOutsideCtx,
+  type TransactionOptions,
   toReadable,
   validateContextDbOptions,
+  validateTransactionOptions,
 } from '@context-db/core';
 import {
   errorCodes,
@@ -33,9 +36,33 @@ declare module 'fastify' {
     db: DbHelpers;
   }
   interface FastifyContextConfig {
-    /** `false` runs the route without a context-db context (no `dbSession()`, no commit/rollback). */
-    contextDb?: boolean;
+    /**
+     * `false` runs the route without a context-db context (no `dbSession()`, no commit/rollback);
+     * `{ transaction }` sets the options of the request's transactions (isolation level,
+     * read-only, timeouts) over the `DbConnect`'s.
+     */
+    contextDb?: boolean | ContextDbRouteOptions;
   }
+}
+
+/** A route's `config.contextDb` object. */
+export interface ContextDbRouteOptions {
+  readonly transaction?: TransactionOptions;
+}
+
+/** A route's `config.contextDb`, checked when the route is declared (or at its first request). */
+function routeOptions(config: unknown, route: string): TransactionOptions | undefined {
+  if (config === undefined || typeof config === 'boolean') return undefined;
+  const where = `route ${route}: config.contextDb`;
+  if (typeof config !== 'object' || config === null) {
+    throw new InvalidOptionsError(`${where} must be false or { transaction: {...} }, got ${JSON.stringify(config)}.`);
+  }
+  const { transaction, ...rest } = config as ContextDbRouteOptions & Record<string, unknown>;
+  const unknown = Object.keys(rest)[0];
+  if (unknown !== undefined) {
+    throw new InvalidOptionsError(`${where}: unknown option "${unknown}"; the option is transaction.`);
+  }
+  return transaction === undefined ? undefined : validateTransactionOptions(transaction, `${where}.transaction`);
 }
 
 /** Options of `contextDbPlugin`: `{ db, beforeCommit?, commitOn? }`. */
@@ -129,7 +156,9 @@ const plugin: FastifyPluginAsync<ContextDbPluginOptions> = async (fastify, optio
       return next();
     }
     const state: RequestState = {
-      rc: RequestCtx.open(ctxOptions),
+      rc: RequestCtx.open(ctxOptions, (err, kind) =>
+        request.log.error({ err }, `context-db: an ${kind} hook threw; the transaction's outcome stands`),
+      ),
       error: undefined,
       phase: 'open',
       sentStatus: undefined,
@@ -139,6 +168,15 @@ const plugin: FastifyPluginAsync<ContextDbPluginOptions> = async (fastify, optio
       dropsBody: config[headTwin] === true,
     };
     states.set(request, state);
+    if (config.contextDb !== undefined && config.contextDb !== true) {
+      try {
+        const transaction = routeOptions(config.contextDb, `${request.method} ${request.routeOptions.url}`);
+        if (transaction !== undefined) state.rc.setTransactionOptions(transaction);
+      } catch (err) {
+        state.error = err;
+        return state.rc.run(() => next(err as Error));
+      }
+    }
     recordSentStatus(reply.raw, state);
     // 'close' fires on every response: after a normal end (nothing left to do), after a hijacked
     // reply the handler finished itself (onSend never ran), or when the client went away first.
@@ -168,6 +206,9 @@ const plugin: FastifyPluginAsync<ContextDbPluginOptions> = async (fastify, optio
   } as typeof fastify.setNotFoundHandler;
 
   fastify.addHook('onRoute', (route) => {
+    // Checked now, so that a bad value fails at start-up; kept checked, so requests skip it.
+    const transaction = routeOptions(route.config?.contextDb, `${String(route.method)} ${route.url}`);
+    if (transaction !== undefined) route.config = { ...route.config, contextDb: { transaction } };
     route.onRequest = aroundEach(route.onRequest, reenter);
     route.preParsing = aroundEach(route.preParsing, reenterPassing);
     route.preValidation = aroundEach(route.preValidation, reenter);

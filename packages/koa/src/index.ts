@@ -9,7 +9,9 @@ import {
   isContextInitiated,
   isStreamBody,
   RequestCtx,
+  routeTransactionOptions,
   runOutsideCtx,
+  type TransactionOptions,
   toReadable,
   validateContextDbOptions,
 } from '@context-db/core';
@@ -100,7 +102,8 @@ export function contextDb<StateT = DefaultState, ContextT = DefaultContext>(
     if (chain !== undefined) dispatched.add(ctx);
     // Not registered: a skipped request has no transaction for an inner install to join.
     if (skip?.(ctx)) return runBelow(ctx, chain, next, { scope: OUTSIDE });
-    const rc = RequestCtx.open(options);
+    // A throwing onCommit / onRollback hook goes where Koa reports errors (app.on('error')).
+    const rc = RequestCtx.open(options, (err) => ctx.app.emit('error', err, ctx));
     const request: KoaRequest = { rc, scope: rc };
     requests.set(ctx, request);
     const { res } = ctx;
@@ -382,6 +385,28 @@ function replaceBody<StateT, ContextT>(ctx: ParameterizedContext<StateT, Context
 export function noContextDb<StateT = DefaultState, ContextT = DefaultContext>(): Middleware<StateT, ContextT> {
   return function noContextDbMiddleware(ctx, next) {
     return optOut(ctx, next);
+  };
+}
+
+/**
+ * Route middleware that sets the transaction options of the request's sessions (over the
+ * `DbConnect`'s defaults): isolation level, read-only, timeouts. Place it after `contextDb()` and
+ * before the handler, ahead of any query; the options are checked when the route is declared.
+ *
+ * @example
+ * ```ts
+ * router.get('/report', transactionOptions({ isolationLevel: 'repeatable read', readOnly: true }), async (ctx) => {
+ *   ctx.body = (await (await ctx.db.session()).query('SELECT count(*) FROM orders')).rows;
+ * });
+ * ```
+ */
+export function transactionOptions<StateT = DefaultState, ContextT = DefaultContext>(
+  options: TransactionOptions,
+): Middleware<StateT, ContextT> {
+  const apply = routeTransactionOptions(options, 'transactionOptions()');
+  return function transactionOptionsMiddleware(_ctx, next) {
+    apply();
+    return next();
   };
 }
 

@@ -11,10 +11,15 @@ import {
   insert,
   insertThenThrow,
   listRows,
+  outbox,
+  placeOrder,
+  REPORT_OPTIONS,
+  report,
   simpleUsage,
+  takeTicket,
   withoutContext,
 } from '@context-db/examples-shared';
-import { contextDb, contextDbErrors, noContextDb } from '@context-db/express';
+import { contextDb, contextDbErrors, noContextDb, transactionOptions } from '@context-db/express';
 import express from 'express';
 
 /** The example's routes, as `METHOD /path  what it shows`, for the server to print. */
@@ -29,6 +34,11 @@ export const routes = [
   'POST /early-close              closeDbSession before slow work',
   'POST /early-rollback           rollbackDbSession, then carry on',
   'POST /opted-out                noContextDb(): no context, a session of its own',
+  'POST /ticket                   serializable, retried on conflicts: a number of its own per request',
+  'GET  /report                   transactionOptions(): repeatable read, read-only',
+  'POST /orders/:id               onCommit: an outbox event once the order is committed (201)',
+  'POST /orders/:id/rejected      the same answered 422: rolled back, no event',
+  'GET  /outbox                   the events published after commit',
   'GET  /rows                     the table',
   'GET  /health                   skipped by contextDb(): no database at all',
 ];
@@ -62,6 +72,23 @@ export function buildApp(store: ExampleStore): express.Express {
   );
   app.post('/early-rollback', ok(earlyRollback));
   app.post('/opted-out', noContextDb(), ok(withoutContext));
+  app.post('/ticket', async (_req, res) => {
+    res.json({ ticket: await takeTicket(store) });
+  });
+  app.get('/report', transactionOptions(REPORT_OPTIONS), async (_req, res) => {
+    res.json(await report(store));
+  });
+  app.post('/orders/:id', async (req, res) => {
+    await placeOrder(store, req.params.id);
+    res.status(201).json({ ok: true }); // the event is in the outbox before this is sent
+  });
+  app.post('/orders/:id/rejected', async (req, res) => {
+    await placeOrder(store, req.params.id);
+    res.status(422).json({ error: 'rejected: the order is rolled back, no event' });
+  });
+  app.get('/outbox', (_req, res) => {
+    res.json(outbox);
+  });
   app.get('/rows', async (_req, res) => {
     res.json(await listRows(store));
   });

@@ -8,6 +8,7 @@ import { optedOutRoute } from './routes/opted-out.js';
 import { readRoutes } from './routes/read.js';
 import { rollbackRoutes } from './routes/rollback.js';
 import { simpleRoute } from './routes/simple.js';
+import { transactionControlRoutes } from './routes/transaction-control.js';
 
 /** The example app: every route of the seed on `store`, each request in its own context. */
 export function buildApp(store: ExampleStore, options: FastifyServerOptions = {}): FastifyInstance {
@@ -23,6 +24,7 @@ export function buildApp(store: ExampleStore, options: FastifyServerOptions = {}
       earlyRoutes,
       optedOutRoute,
       readRoutes,
+      transactionControlRoutes,
     ]) {
       routes(scope, store);
     }

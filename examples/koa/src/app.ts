@@ -13,10 +13,15 @@ import {
   insert,
   insertThenThrow,
   listRows,
+  outbox,
+  placeOrder,
+  REPORT_OPTIONS,
+  report,
   simpleUsage,
+  takeTicket,
   withoutContext,
 } from '@context-db/examples-shared';
-import { contextDb, noContextDb } from '@context-db/koa';
+import { contextDb, noContextDb, transactionOptions } from '@context-db/koa';
 import Router from '@koa/router';
 import Koa from 'koa';
 
@@ -32,6 +37,11 @@ export const routes: readonly string[] = [
   'POST /early-close',
   'POST /early-rollback',
   'POST /opted-out',
+  'POST /ticket',
+  'GET /report',
+  'POST /orders/:id',
+  'POST /orders/:id/rejected',
+  'GET /outbox',
   'GET /rows',
   'GET /health',
 ];
@@ -80,6 +90,27 @@ export function buildApp(store: ExampleStore): Koa {
   router.post('/opted-out', noContextDb(), async (ctx) => {
     await withoutContext(store);
     ctx.body = ok;
+  });
+  // Serializable, retried on conflicts: every request gets a number of its own.
+  router.post('/ticket', async (ctx) => {
+    ctx.body = { ticket: await takeTicket(store) };
+  });
+  router.get('/report', transactionOptions(REPORT_OPTIONS), async (ctx) => {
+    ctx.body = await report(store);
+  });
+  // onCommit: the event is in the outbox before the 201 is sent, and never for a rolled-back order.
+  router.post('/orders/:id', async (ctx) => {
+    await placeOrder(store, ctx.params.id ?? '');
+    ctx.status = 201;
+    ctx.body = ok;
+  });
+  router.post('/orders/:id/rejected', async (ctx) => {
+    await placeOrder(store, ctx.params.id ?? '');
+    ctx.status = 422;
+    ctx.body = { error: 'rejected: the order is rolled back, no event' };
+  });
+  router.get('/outbox', (ctx) => {
+    ctx.body = outbox;
   });
   router.get('/rows', async (ctx) => {
     ctx.body = await listRows(store);

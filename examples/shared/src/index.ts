@@ -8,8 +8,10 @@ import {
   dbSession,
   newNonCtxAtomicSession,
   newNonCtxSession,
+  onCommit,
   rollbackDbSession,
   runInNewCtx,
+  type TransactionOptions,
 } from '@context-db/core';
 
 /** Where the examples write: a database and a table `(id serial, text text)`. */
@@ -111,6 +113,51 @@ export async function earlyRollback(store: ExampleStore): Promise<void> {
 /** What an opted-out route can do: no context, but a session of its own. */
 export async function withoutContext(store: ExampleStore): Promise<void> {
   await newNonCtxAtomicSession(store.db, (s) => s.query(`INSERT INTO ${store.table} (text) VALUES ('opted-out')`));
+}
+
+/**
+ * A read-modify-write that must not lose updates under concurrency: take the next ticket number.
+ * SERIALIZABLE makes two requests that read the same count conflict (40001); `retry` runs the
+ * loser again, now seeing the winner's ticket, so every request gets a number of its own.
+ */
+export async function takeTicket({ db, table }: ExampleStore): Promise<number> {
+  return atomicDbSession(
+    db,
+    async (session) => {
+      const { rows } = await session.query<{ n: number }>(
+        `SELECT count(*)::int AS n FROM ${table} WHERE text LIKE 'ticket-%'`,
+      );
+      const ticket = (rows[0]?.n ?? 0) + 1;
+      await session.query(`INSERT INTO ${table} (text) VALUES ($1)`, [`ticket-${ticket}`]);
+      return ticket;
+    },
+    { transaction: { isolationLevel: 'serializable' }, retry: { attempts: 10, minDelayMs: 5, maxDelayMs: 200 } },
+  );
+}
+
+/** The report route's transaction: a stable snapshot, and no write can slip in. */
+export const REPORT_OPTIONS: TransactionOptions = { isolationLevel: 'repeatable read', readOnly: true };
+
+/** A report on the request session; its route declares REPORT_OPTIONS. */
+export async function report({ db, table }: ExampleStore): Promise<{ rows: number; readOnly: string }> {
+  const { rows } = await (await dbSession(db)).query<{ rows: number; readOnly: string }>(
+    `SELECT count(*)::int AS rows, current_setting('transaction_read_only') AS "readOnly" FROM ${table}`,
+  );
+  return rows[0] ?? { rows: 0, readOnly: 'unknown' };
+}
+
+/** Events published only once the order that caused them is committed (a stand-in for a queue). */
+export const outbox: string[] = [];
+
+/**
+ * Place an order and publish its event after COMMIT: the hook does not run if the request rolls
+ * back (a thrown error, a status >= 400, a failed COMMIT), so no event announces a missing order.
+ */
+export async function placeOrder(store: ExampleStore, id: string): Promise<void> {
+  await insert(store, `order-${id}`);
+  await onCommit(store.db, () => {
+    outbox.push(`order-${id} placed`);
+  });
 }
 
 /** The rows, for the examples' GET /rows. */

@@ -206,3 +206,23 @@ t.test('a request failing after a released nested block rolls it back too', asyn
   t.same(await texts(table), []);
   t.equal(checkedOut(db), 0);
 });
+
+t.test(
+  'a query sent just before a nested block (not awaited) is in the open transaction, not committed by the block',
+  async (t) => {
+    // Found by the model test: the block saw no transaction open (the query's BEGIN was still
+    // queued), ran as a transaction of its own, and its COMMIT saved the query of a request that
+    // then failed.
+    const { db } = testDb(t);
+    const table = await createTable(t);
+    const ctx = new DbSessionCtx();
+    await ctx.run(async () => {
+      const session = await dbSession(db);
+      const sent = session.query(`INSERT INTO ${table} (text) VALUES ('request')`);
+      await atomicDbSession(db, async () => {}, nested);
+      await sent;
+    });
+    await ctx.finish({ statusCode: 500 });
+    t.same(await texts(table), []);
+  },
+);

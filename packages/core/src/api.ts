@@ -173,6 +173,8 @@ export async function atomicDbSession<R>(
   const session = await dbSession(db);
   const nested = currentTransaction === 'nested';
   return session.exclusive(async (enclosed) => {
+    // Work queued before the block (a query not awaited) decides whether a transaction is open.
+    await session.drain();
     if (session.inTransaction || (nested && enclosed)) {
       if (currentTransaction === 'raise') throw new TransactionAlreadyOpenError();
       if (currentTransaction === 'commit') await session.commit();

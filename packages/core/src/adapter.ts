@@ -1,7 +1,7 @@
 import { dbSession, type NewTransactionOptions, newNonCtxAtomicSession, newNonCtxSession, runInNewCtx } from './api.js';
 import { DbConnect } from './connect.js';
 import { type BeforeCommitCallback, DbSessionCtx, type FinishOptions, storage } from './context.js';
-import { ContextNotInitiatedError, InvalidOptionsError } from './errors.js';
+import { ContextNotInitiatedError, InvalidOptionsError, SessionClosedError } from './errors.js';
 import type { DbSession } from './session.js';
 import { type TransactionOptions, validateTransactionOptions } from './transaction.js';
 
@@ -17,6 +17,12 @@ export interface ContextDbOptions {
   readonly beforeCommit?: BeforeCommitCallback;
   /** Which final status codes commit; default `statusCode < 400`. */
   readonly commitOn?: (statusCode: number) => boolean;
+  /**
+   * Milliseconds each request's database work may take, counted from the request's start: when
+   * they pass, the running statement is cancelled, the transaction rolled back, and the response
+   * is an error (`DeadlineExceededError`, 503). A route can set its own with `setDbDeadline(ms)`.
+   */
+  readonly deadline?: number;
 }
 
 /**
@@ -48,6 +54,12 @@ export function validateContextDbOptions(
     if (record[name] !== undefined && typeof record[name] !== 'function') {
       throw new InvalidOptionsError(`${where}: options.${name} must be a function, got ${describe(record[name])}.`);
     }
+  }
+  const { deadline } = record;
+  if (deadline !== undefined && (typeof deadline !== 'number' || !Number.isFinite(deadline) || deadline <= 0)) {
+    throw new InvalidOptionsError(
+      `${where}: options.deadline must be a positive number of milliseconds, got ${JSON.stringify(deadline)}.`,
+    );
   }
 }
 
@@ -114,11 +126,14 @@ export function routeTransactionOptions(options: TransactionOptions, where: stri
   };
 }
 
-/** Thrown into the context's finish when the client went away before the response was sent. */
-export class ClientAbortedError extends Error {
+/**
+ * Why a request's context was aborted when its client went away before the response was sent: the
+ * statement running was cancelled, the transaction rolled back, and the handler's later database
+ * work fails with this error (a `SessionClosedError`).
+ */
+export class ClientAbortedError extends SessionClosedError {
   constructor() {
     super('The client closed the connection before the response was sent; the transaction was rolled back.');
-    this.name = 'ClientAbortedError';
   }
 }
 
@@ -146,6 +161,7 @@ export class RequestCtx {
   private constructor(ctx: DbSessionCtx, options: ContextDbOptions) {
     this.#ctx = ctx;
     this.#options = options;
+    if (options.deadline !== undefined) ctx.setDeadline(options.deadline);
   }
 
   /**
@@ -192,6 +208,8 @@ export class RequestCtx {
    */
   useOptions(options: ContextDbOptions): void {
     this.#options = options;
+    // Counted from where the request reached the inner install.
+    if (options.deadline !== undefined) this.#ctx.setDeadline(options.deadline);
   }
 
   /** True when the request made no session, so that `end()` has nothing to commit or release. */
@@ -216,15 +234,18 @@ export class RequestCtx {
       await this.#ctx.finish(options);
       return undefined;
     } catch (err) {
-      return err;
+      // The client went away: there is nobody to answer, and nothing to report.
+      return err instanceof ClientAbortedError ? undefined : err;
     }
   }
 
-  /** The client went away: roll back and release at once. */
-  abort(): void {
+  /**
+   * The client went away (or, with `reason`, a deadline passed): cancel the statement running,
+   * roll back and release at once (`DbSessionCtx.abort`). A later `end()` that would commit
+   * answers `reason` (nothing for a client that is gone).
+   */
+  abort(reason?: Error): void {
     // 'close' fires after every response: build the error only for a context still open.
-    if (!this.#ctx.finished) {
-      void this.#ctx.finish({ error: new ClientAbortedError() }).catch(() => {});
-    }
+    if (!this.#ctx.finished) void this.#ctx.abort(reason ?? new ClientAbortedError());
   }
 }

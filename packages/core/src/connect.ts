@@ -1,5 +1,5 @@
 import { AsyncResource } from 'node:async_hooks';
-import type { Pool, PoolConfig } from 'pg';
+import type { Pool, PoolClient, PoolConfig } from 'pg';
 import pg from 'pg';
 import { DatabaseUnavailableError, DbConnectClosedError, InvalidOptionsError } from './errors.js';
 import { DbSession, type SessionDriver } from './session.js';
@@ -162,6 +162,13 @@ function unavailable(err: unknown, pool: Pool): unknown {
   return err;
 }
 
+/** A session waiting for a connection from `pool`: moved to the next pool, or failed, by `changeHost` / `close`. */
+interface Waiter {
+  readonly pool: Pool;
+  resolve(client: PoolClient): void;
+  reject(err: unknown): void;
+}
+
 const warnPoolError = (err: Error): void => {
   console.warn(`context-db: an idle pooled connection failed and was discarded: ${err.message}`);
 };
@@ -184,6 +191,9 @@ export class DbConnect {
   #host: string | undefined;
   #pool: Pool | undefined;
   #closed = false;
+  // pg-pool's end() never serves its waiting queue: a waiter would wait out its whole
+  // connectionTimeoutMillis and fail with a raw timeout. So the waiters are known here.
+  readonly #waiters = new Set<Waiter>();
   // Sessions take connections from whatever the pool is when they first query (after a
   // changeHost, the new one), so one driver serves them all.
   readonly #driver: SessionDriver;
@@ -195,14 +205,7 @@ export class DbConnect {
     this.#beforeCreateSession = options.beforeCreateSession;
     this.#onPoolError = options.onPoolError ?? warnPoolError;
     this.#driver = {
-      acquire: () => {
-        const pool = this.pool();
-        return poolScope
-          .runInAsyncScope(() => pool.connect())
-          .catch((err: unknown) => {
-            throw unavailable(err, pool);
-          });
-      },
+      acquire: () => this.#acquire(),
       release: (client, destroy) => poolScope.runInAsyncScope(() => client.release(destroy)),
       defaults:
         options.transaction === undefined
@@ -214,6 +217,35 @@ export class DbConnect {
       checkSql: 'SET CONSTRAINTS ALL IMMEDIATE',
       resetSql: options.resetSession === false ? '' : RESET_SESSION_SQL,
     };
+  }
+
+  #acquire(): Promise<PoolClient> {
+    const pool = this.pool();
+    return new Promise<PoolClient>((resolve, reject) => {
+      const waiter: Waiter = { pool, resolve, reject };
+      this.#waiters.add(waiter);
+      poolScope
+        .runInAsyncScope(() => pool.connect())
+        .then(
+          (client) => {
+            if (this.#waiters.delete(waiter)) resolve(client);
+            // Moved on meanwhile: back to its ending pool, which closes it.
+            else poolScope.runInAsyncScope(() => client.release());
+          },
+          (err: unknown) => {
+            if (this.#waiters.delete(waiter)) reject(unavailable(err, pool));
+          },
+        );
+    });
+  }
+
+  /** Settle every session still waiting for a connection from `pool` (any pool when undefined). */
+  #redirectWaiters(pool: Pool | undefined, settle: (waiter: Waiter) => void): void {
+    for (const waiter of this.#waiters) {
+      if (pool !== undefined && waiter.pool !== pool) continue;
+      this.#waiters.delete(waiter);
+      settle(waiter);
+    }
   }
 
   /** The host new pools are built for. */
@@ -273,7 +305,8 @@ export class DbConnect {
 
   /**
    * Point new sessions at another host: the next connection comes from a pool built by
-   * `createPool(host)`. The old pool is ended once the sessions still holding its connections
+   * `createPool(host)`, and sessions still waiting for one of the old pool's get theirs from the
+   * new pool at once. The old pool is ended once the sessions still holding its connections
    * close; the returned promise resolves then, so do not await it while holding a session.
    *
    * @example
@@ -290,12 +323,26 @@ export class DbConnect {
     const old = this.#pool;
     this.#host = host;
     this.#pool = undefined;
+    if (old !== undefined) {
+      this.#redirectWaiters(old, (waiter) => {
+        // From the new pool, in the pool's async scope, like every acquire.
+        let next: Promise<PoolClient>;
+        try {
+          next = this.#acquire();
+        } catch (err) {
+          next = Promise.reject(err);
+        }
+        next.then(waiter.resolve, waiter.reject);
+      });
+    }
     await old?.end();
   }
 
   /**
-   * End the pool: idle connections close now, checked-out ones when their sessions close. Later
-   * use throws `DbConnectClosedError`. Safe to call twice.
+   * End the pool: idle connections close now, checked-out ones when their sessions close (the
+   * returned promise resolves then); sessions waiting for a connection fail at once with
+   * `DbConnectClosedError` (status 503), as does later use. Safe to call twice. Call it after
+   * the server stopped taking requests and finished those in flight.
    *
    * @example
    * ```ts
@@ -307,6 +354,7 @@ export class DbConnect {
     this.#closed = true;
     const pool = this.#pool;
     this.#pool = undefined;
+    this.#redirectWaiters(undefined, (waiter) => waiter.reject(new DbConnectClosedError()));
     await pool?.end();
   }
 }

@@ -1,6 +1,12 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
 import type { DbConnect } from './connect.js';
-import { ContextAlreadyInitiatedError, SessionClosedError } from './errors.js';
+import {
+  ContextAlreadyInitiatedError,
+  ContextNotInitiatedError,
+  DeadlineExceededError,
+  InvalidOptionsError,
+  SessionClosedError,
+} from './errors.js';
 import type { DbSession } from './session.js';
 import { type TransactionOptions, validateTransactionOptions } from './transaction.js';
 
@@ -59,6 +65,9 @@ export class DbSessionCtx {
   readonly #resolved = new Set<DbSession>();
   #state: State = 'open';
   #finishing: Promise<void> | undefined;
+  // Why the context was aborted (abort()): its work is gone, so no finish may report a commit.
+  #aborted: Error | undefined;
+  #deadline: ReturnType<typeof setTimeout> | undefined;
   /** @internal The context this one was opened in (a request's inside a test's, runInNewCtx's). */
   readonly parent: DbSessionCtx | undefined;
   /** @internal Makes this context's sessions; default `db.createSession()`. */
@@ -85,9 +94,12 @@ export class DbSessionCtx {
     this.hookErrors = parent?.hookErrors;
   }
 
-  /** True while no session has been asked for (or all were closed): finishing costs nothing. */
+  /**
+   * True while no session has been asked for (or all were closed), and the context was not
+   * aborted: finishing costs nothing and cannot fail.
+   */
   get empty(): boolean {
-    return this.#sessions.size === 0;
+    return this.#sessions.size === 0 && this.#aborted === undefined;
   }
 
   /** True once `finish()` has started; no new sessions can be made then. */
@@ -140,7 +152,8 @@ export class DbSessionCtx {
     if (existing !== undefined) return existing;
     if (this.#state !== 'open') {
       return Promise.reject(
-        new SessionClosedError('dbSession() was called after its context finished (the request already ended).'),
+        this.#aborted ??
+          new SessionClosedError('dbSession() was called after its context finished (the request already ended).'),
       );
     }
     const factory = this.sessionFactory;
@@ -264,6 +277,7 @@ export class DbSessionCtx {
    */
   finish(options: FinishOptions = {}): Promise<void> {
     if (this.#finishing === undefined) {
+      if (this.#deadline !== undefined) clearTimeout(this.#deadline);
       // Most requests that never asked for a session end here, without a chain of awaits.
       if (this.#sessions.size === 0) {
         this.#state = 'finished';
@@ -272,7 +286,57 @@ export class DbSessionCtx {
         this.#finishing = this.#finish(options);
       }
     }
+    const aborted = this.#aborted;
+    // Aborted: what would have been committed is gone, so a finish that means to commit fails.
+    if (aborted !== undefined && options.error === undefined && wantsCommit(options)) {
+      return this.#finishing.then(() => {
+        throw aborted;
+      });
+    }
     return this.#finishing;
+  }
+
+  /**
+   * Roll back now, without waiting for the work under way: the statement each session is running
+   * is cancelled (PostgreSQL's cancel request) and rejects with `reason`, queued and later work
+   * fails with `reason`, a connection still awaited from the pool is given back unused, and every
+   * session is rolled back and released (`onRollback` hooks run). A `finish()` that would commit,
+   * before or after, rejects with `reason`. Does nothing once the context is finishing: its
+   * outcome is being decided already. Adapters call it when the client goes away or a deadline
+   * passes. Never rejects.
+   *
+   * @example
+   * ```ts
+   * req.once('close', () => void ctx.abort(new Error('the client went away')));
+   * ```
+   */
+  abort(reason: Error): Promise<void> {
+    if (this.#finishing !== undefined) return this.#finishing.catch(noop);
+    this.#aborted = reason;
+    return this.finish({ error: reason }).catch(noop);
+  }
+
+  /**
+   * Give this context's database work `ms` milliseconds from now. When they pass before
+   * `finish()` begins, the context is aborted with `DeadlineExceededError` (see `abort`): the
+   * running statement is cancelled, everything is rolled back, and the response becomes an
+   * error. A second call replaces the deadline. Contexts opened inside (`runInNewCtx`) keep
+   * their own time.
+   *
+   * @example
+   * ```ts
+   * ctx.setDeadline(2_000);
+   * ```
+   */
+  setDeadline(ms: number): void {
+    if (typeof ms !== 'number' || !Number.isFinite(ms) || ms <= 0) {
+      throw new InvalidOptionsError(`A deadline must be a positive number of milliseconds, got ${String(ms)}.`);
+    }
+    if (this.#state !== 'open') return;
+    if (this.#deadline !== undefined) clearTimeout(this.#deadline);
+    this.#deadline = setTimeout(() => void this.abort(new DeadlineExceededError(ms)), ms);
+    // A request still running keeps the process alive by itself; a deadline alone should not.
+    this.#deadline.unref();
   }
 
   /**
@@ -281,6 +345,7 @@ export class DbSessionCtx {
    */
   seal(): void {
     if (this.#state !== 'open') return;
+    if (this.#deadline !== undefined) clearTimeout(this.#deadline);
     this.#state = 'finished';
     this.#finishing = Promise.resolve();
   }
@@ -296,8 +361,10 @@ export class DbSessionCtx {
     }
     // From here on, new work on these sessions fails; work already queued runs before the end.
     for (const session of this.#resolved) session.seal();
-    // Rolling back (an error, a client gone): end now, before any await.
-    if (!commit) for (const session of this.#resolved) void session.end(false);
+    // Rolling back (an error, a client gone): end now, before any await; aborted, cut off
+    // what runs too.
+    const aborted = this.#aborted;
+    if (!commit) for (const session of this.#resolved) void rollBack(session, aborted);
     let sessions: DbSession[] = [];
     try {
       sessions = await this.#settledSessions();
@@ -312,7 +379,7 @@ export class DbSessionCtx {
       // After a commit every session has ended; otherwise roll back whatever is left. (A session
       // whose COMMIT failed answers with that failure again: it is already in `failure`.)
       if (!commit || failure !== undefined)
-        await Promise.all(sessions.map((session) => session.end(false).catch(noop)));
+        await Promise.all(sessions.map((session) => rollBack(session, aborted).catch(noop)));
     }
     // After every session ended: an onCommit hook runs only once the outcome of all is known.
     for (const session of sessions) await session.runHooks();
@@ -351,6 +418,19 @@ async function commitSessions(sessions: DbSession[], beforeCommit: BeforeCommitC
 
 const noop = (): void => {};
 
+function rollBack(session: DbSession, aborted: Error | undefined): Promise<void> {
+  return aborted === undefined ? session.end(false) : session.cancel(aborted);
+}
+
+/** Whether `options` ask for a commit; a `commitOn` that throws does not. */
+function wantsCommit(options: FinishOptions): boolean {
+  try {
+    return commits(options);
+  } catch {
+    return false;
+  }
+}
+
 function commits({ statusCode = 200, error, commitOn = defaultCommitOn }: FinishOptions): boolean {
   return error === undefined && commitOn(statusCode);
 }
@@ -386,6 +466,27 @@ export function runOutsideCtx<R>(fn: () => R): R {
   // (about 50 times slower), and the store is undefined inside either way.
   if (storage.getStore() === undefined) return fn();
   return storage.run(undefined as unknown as DbSessionCtx, fn);
+}
+
+/**
+ * Give the current context's database work (the request's, in an adapter) `ms` milliseconds from
+ * now. When they pass first, the statement running is cancelled (PostgreSQL's cancel request),
+ * the transaction is rolled back, and the work fails with `DeadlineExceededError` (status 503),
+ * as does the response, whatever the handler answers. A second call replaces the deadline.
+ * Throws `ContextNotInitiatedError` outside a context.
+ *
+ * @example
+ * ```ts
+ * app.get('/report', async (req, res) => {
+ *   setDbDeadline(2_000); // this route's queries get two seconds
+ *   res.json(await buildReport());
+ * });
+ * ```
+ */
+export function setDbDeadline(ms: number): void {
+  const ctx = storage.getStore();
+  if (ctx === undefined) throw new ContextNotInitiatedError('setDbDeadline()');
+  ctx.setDeadline(ms);
 }
 
 /**

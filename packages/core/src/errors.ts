@@ -129,8 +129,15 @@ export class CommitOutcomeUnknownError extends ContextDbError {
   }
 }
 
-/** A `DbConnect` was used after `close()`. */
+/**
+ * A `DbConnect` was used after `close()`, or a session was still waiting for one of its pool's
+ * connections when it closed. Carries `statusCode` 503, which Fastify, Express and Koa use for
+ * the response: the server is shutting down, and a retry will reach another instance.
+ */
 export class DbConnectClosedError extends ContextDbError {
+  readonly statusCode = 503;
+  readonly status = 503;
+
   constructor() {
     super(
       'DB_CONNECT_CLOSED',
@@ -164,5 +171,30 @@ export class DatabaseUnavailableError extends ContextDbError {
         : 'The database cannot be reached right now. Try again later.',
       options,
     );
+  }
+}
+
+/**
+ * A context's deadline passed before its work was done (`setDbDeadline(ms)`, an adapter's
+ * `deadline` option, Fastify's `handlerTimeout`): the statement it was running was cancelled
+ * (PostgreSQL reports that as SQLSTATE 57014, kept in `sqlState`), its transaction was rolled
+ * back, and nothing of it was saved. Every later use of the context's sessions fails with it, and
+ * a response that would have committed becomes an error. Carries `statusCode` 503.
+ */
+export class DeadlineExceededError extends ContextDbError {
+  readonly statusCode = 503;
+  readonly status = 503;
+  /** The SQLSTATE of a statement cancelled by the deadline: `query_canceled`. */
+  readonly sqlState = '57014';
+  /** The deadline that passed, in milliseconds. */
+  readonly deadlineMs: number;
+
+  constructor(deadlineMs: number) {
+    super(
+      'DEADLINE_EXCEEDED',
+      `The database work did not finish within its deadline of ${deadlineMs} ms: the running statement was ` +
+        'cancelled (SQLSTATE 57014) and the transaction rolled back; nothing of it was saved.',
+    );
+    this.deadlineMs = deadlineMs;
   }
 }

@@ -40,6 +40,7 @@ export {
   type FinishOptions,
   isContextInitiated,
   runOutsideCtx,
+  setDbDeadline,
 } from './context.js';
 export {
   CommitFailedError,
@@ -51,6 +52,7 @@ export {
   ContextNotInitiatedError,
   DatabaseUnavailableError,
   DbConnectClosedError,
+  DeadlineExceededError,
   InvalidOptionsError,
   NestedAtomicBlockError,
   SessionClosedError,

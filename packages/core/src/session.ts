@@ -1,5 +1,6 @@
 import { AsyncLocalStorage, AsyncResource } from 'node:async_hooks';
 import type { PoolClient, QueryConfig, QueryResult, QueryResultRow } from 'pg';
+import { type CancelOutcome, cancelBackend } from './cancel.js';
 import {
   CommitFailedError,
   CommitOutcomeUnknownError,
@@ -73,7 +74,7 @@ function sealedError(): SessionClosedError {
 }
 
 /** Why a handed-out client may not query now, or undefined when it may. */
-type Lease = () => SessionClosedError | undefined;
+type Lease = () => Error | undefined;
 
 // The exclusive (atomic) blocks the calling code runs inside, by token.
 const blocks = new AsyncLocalStorage<ReadonlySet<object>>();
@@ -198,6 +199,8 @@ export class DbSession implements AsyncDisposable {
   #ending: Promise<void> | undefined;
   // Set when the owning context starts finishing: from then on only the context ends the session.
   #sealed = false;
+  // Why the session was cut off (its context aborted): the error queued and later work gets.
+  #cut: Error | undefined;
   #broken = false;
   // The connection may carry session state (a transaction ran on it since the last reset).
   #dirty = false;
@@ -221,6 +224,12 @@ export class DbSession implements AsyncDisposable {
   #due: Due[] | undefined;
   /** @internal Where a throwing hook is reported; adapters route it to the framework's logger. */
   hookErrors: (err: unknown, kind: string) => void = reportHookError;
+
+  // The statement that was running when the session was cut off rejects with the reason, not
+  // with PostgreSQL's "canceling statement due to user request".
+  readonly #cancelled = (err: unknown): never => {
+    throw this.#cut !== undefined && (err as { code?: unknown } | null)?.code === '57014' ? this.#cut : err;
+  };
 
   readonly #onClientError = (): void => {
     // A checked-out pg client that loses its backend emits 'error'; unhandled, that would crash
@@ -265,14 +274,15 @@ export class DbSession implements AsyncDisposable {
   ): Promise<QueryResult<R>> {
     const wait = this.#outsideBlock();
     if (wait !== undefined) return wait.then(() => this.query<R>(text, values));
-    if (this.#refused()) return Promise.reject(sealedError());
+    if (this.#refused()) return Promise.reject(this.#sealedError());
     return this.#enqueue(() => {
       const client = this.#client;
       // Mid-transaction: send it now, there is no BEGIN to wait for.
-      if (client !== undefined && this.#inTransaction && !this.#closed) {
-        return client.query<R, unknown[]>(text, values as unknown[] | undefined);
-      }
-      return this.#begun().then((begun) => begun.query<R, unknown[]>(text, values as unknown[] | undefined));
+      const sent =
+        client !== undefined && this.#inTransaction && !this.#closed && this.#cut === undefined
+          ? client.query<R, unknown[]>(text, values as unknown[] | undefined)
+          : this.#begun().then((begun) => begun.query<R, unknown[]>(text, values as unknown[] | undefined));
+      return sent.catch(this.#cancelled);
     });
   }
 
@@ -292,7 +302,7 @@ export class DbSession implements AsyncDisposable {
   client(): Promise<PoolClient> {
     const wait = this.#outsideBlock();
     if (wait !== undefined) return wait.then(() => this.client());
-    if (this.#refused()) return Promise.reject(sealedError());
+    if (this.#refused()) return Promise.reject(this.#sealedError());
     return this.#enqueue(async () => {
       const client = await this.#begun();
       this.#leased ??= leasedClient(client, () => this.#leaseError(client));
@@ -315,7 +325,7 @@ export class DbSession implements AsyncDisposable {
   commit(): Promise<void> {
     const wait = this.#outsideBlock();
     if (wait !== undefined) return wait.then(() => this.commit());
-    if (this.#refused(true)) return Promise.reject(sealedError());
+    if (this.#refused(true)) return Promise.reject(this.#sealedError());
     if (this.#insideSavepoint()) return Promise.reject(endsEnclosing('commit()'));
     return this.#thenHooks(
       this.#enqueue(() => {
@@ -341,7 +351,7 @@ export class DbSession implements AsyncDisposable {
   rollback(): Promise<void> {
     const wait = this.#outsideBlock();
     if (wait !== undefined) return wait.then(() => this.rollback());
-    if (this.#refused(true)) return Promise.reject(sealedError());
+    if (this.#refused(true)) return Promise.reject(this.#sealedError());
     if (this.#insideSavepoint()) return Promise.reject(endsEnclosing('rollback()'));
     return this.#thenHooks(this.#enqueue(() => this.#rollbackNow(false)));
   }
@@ -395,7 +405,7 @@ export class DbSession implements AsyncDisposable {
   /** The transaction level a hook registered by the caller belongs to: its innermost block's. */
   #level(fn: unknown, what: string): Level {
     if (typeof fn !== 'function') throw new InvalidOptionsError(`${what}(fn) needs a function, got ${typeof fn}.`);
-    if (this.#closed || this.#refused()) throw sealedError();
+    if (this.#closed || this.#refused()) throw this.#sealedError();
     const levels = this.#openLevels();
     const mine = blocks.getStore();
     for (let at = levels.length - 1; at > 0; at--) {
@@ -509,7 +519,7 @@ export class DbSession implements AsyncDisposable {
       return this.#hold(() => fn(holder.atomic), true);
     }
     while (this.#block !== undefined) await this.#block.ended;
-    if (this.#sealed) throw sealedError();
+    if (this.#sealed) throw this.#sealedError();
     return this.#hold(() => fn(false), true);
   }
 
@@ -557,7 +567,7 @@ export class DbSession implements AsyncDisposable {
   beginSavepoint(token?: object): Promise<string> {
     const wait = this.#outsideBlock();
     if (wait !== undefined) return wait.then(() => this.beginSavepoint(token));
-    if (this.#refused()) return Promise.reject(sealedError());
+    if (this.#refused()) return Promise.reject(this.#sealedError());
     const name = `context_db_nested_${++savepointCounter}`;
     return this.#enqueue(async () => {
       const client = await this.#begun();
@@ -582,6 +592,11 @@ export class DbSession implements AsyncDisposable {
   async #endSavepoint(name: string, release: boolean): Promise<void> {
     const levels = this.#levels;
     const at = levels?.findIndex((level) => level.savepoint === name) ?? -1;
+    // Cut off: the session's end rolls the whole transaction back, savepoints and hooks included.
+    if (this.#cut !== undefined) {
+      if (release) throw this.#cut;
+      return;
+    }
     if (levels === undefined || at === -1 || !this.#inTransaction) {
       // The transaction ended under the block (the session was closed): its work is gone.
       if (release) throw new SessionClosedError('The session was closed inside a nested atomic block.');
@@ -675,13 +690,13 @@ export class DbSession implements AsyncDisposable {
 
   // A handed-out client bypasses the queue, so it is refused whenever the session's own work
   // would be, and outside a transaction, where its query would commit on its own.
-  #leaseError(client: PoolClient): SessionClosedError | undefined {
+  #leaseError(client: PoolClient): Error | undefined {
     if (this.#client !== client) {
       return new SessionClosedError('A client from session.client() was used after its session released it.');
     }
     // Finishing: only from inside the block that holds the session (an atomic block begun before,
     // a beforeCommit), never from the request's late code.
-    if (this.#sealed && (this.#block === undefined || this.#outsideBlock() !== undefined)) return sealedError();
+    if (this.#sealed && (this.#block === undefined || this.#outsideBlock() !== undefined)) return this.#sealedError();
     if (!this.#inTransaction) {
       return new SessionClosedError(
         'A client from session.client() was used with no transaction open (after a commit or rollback): ' +
@@ -718,7 +733,8 @@ export class DbSession implements AsyncDisposable {
    */
   end(commit: boolean): Promise<void> {
     this.#sealed = true;
-    if (this.#ending !== undefined) return this.#ending;
+    if (this.#ending !== undefined)
+      return commit && this.#cut !== undefined ? this.#failCut(this.#ending) : this.#ending;
     // A commit lets an atomic block under way finish first; a rollback cuts it off.
     const wait = commit ? this.#outsideBlock() : undefined;
     if (wait !== undefined) return wait.then(() => this.end(true));
@@ -742,6 +758,46 @@ export class DbSession implements AsyncDisposable {
     return this.#ending;
   }
 
+  /**
+   * @internal For a context that is aborted (the client went away, a deadline passed): end the
+   * session now instead of after its work. The statement running on its connection is cancelled
+   * (PostgreSQL's cancel request) and its caller gets `reason`; work queued behind it is refused
+   * with `reason`; a connection still awaited from the pool is given back as soon as it comes,
+   * unused; then the transaction is rolled back (its `onRollback` hooks, savepoints' included,
+   * fall due) and the connection released. Resolves when it is.
+   */
+  cancel(reason: Error): Promise<void> {
+    this.#sealed = true;
+    if (this.#ending !== undefined) return this.#ending;
+    this.#cut = reason;
+    const client = this.#client;
+    // Nothing can be running on the connection: neither the session's work nor a leased client's.
+    if (client === undefined || (this.#pending === 0 && this.#leased === undefined)) return this.end(false);
+    const cancelling = cancelBackend(client);
+    this.#ending = this.#enqueue(() => this.#rollbackAfter(cancelling));
+    return this.#ending;
+  }
+
+  async #rollbackAfter(cancelling: Promise<CancelOutcome>): Promise<void> {
+    this.#closed = true;
+    try {
+      // A cancel request still on its way would hit the ROLLBACK, or the next session's statement
+      // once the connection is back in the pool: send nothing before it has landed, and when
+      // nobody can tell whether it will, do not reuse the connection.
+      if ((await cancelling) === 'unknown') this.#broken = true;
+      await this.#rollbackNow(true);
+    } finally {
+      this.#releaseClient();
+    }
+  }
+
+  #failCut(ending: Promise<void>): Promise<void> {
+    const reason = this.#cut as Error;
+    return ending.then(() => {
+      throw reason;
+    });
+  }
+
   #enqueue<T>(op: () => Promise<T>): Promise<T> {
     const idle = this.#pending === 0;
     this.#pending++;
@@ -756,7 +812,13 @@ export class DbSession implements AsyncDisposable {
   };
 
   #assertOpen(): void {
+    if (this.#cut !== undefined) throw this.#cut;
     if (this.#closed) throw new SessionClosedError('This session is closed.');
+  }
+
+  /** What work refused after the context began finishing fails with: why it was cut off, if it was. */
+  #sealedError(): Error {
+    return this.#cut ?? sealedError();
   }
 
   async #begun(): Promise<PoolClient> {
@@ -772,6 +834,8 @@ export class DbSession implements AsyncDisposable {
       client.on('error', this.#onClientError);
       this.#client = client;
       this.#broken = false;
+      // Cut off while waiting for the pool: run nothing; the session's end releases it at once.
+      if (this.#cut !== undefined) throw this.#cut;
     }
     if (!this.#inTransaction) {
       this.#dirty = this.#driver.resetSql !== '';

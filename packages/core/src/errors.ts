@@ -1,3 +1,7 @@
+// Symbol.for() gives every copy of this module in the process the same symbol, so an error
+// thrown by one copy is recognised by the other's `instanceof`.
+const brand = Symbol.for('@context-db/core:ContextDbError');
+
 /**
  * Base class of every error context-db throws. `code` is stable across versions, so callers can
  * branch on it without matching message text.
@@ -8,8 +12,21 @@
  *   if (err instanceof ContextDbError && err.code === 'CONTEXT_NOT_INITIATED') { … }
  * }
  * ```
+ *
+ * `instanceof` works across copies of `@context-db/core` (npm can nest a second copy under an
+ * adapter): an error from either copy is an instance of both copies' classes of the same name.
  */
 export class ContextDbError extends Error {
+  static {
+    Object.defineProperty(ContextDbError.prototype, brand, { value: true });
+  }
+
+  /** The ordinary `instanceof`, which also recognises the errors of another copy of this package. */
+  static override [Symbol.hasInstance](value: unknown): boolean {
+    // biome-ignore lint/complexity/noThisInStatic: `this` is the class right of `instanceof`, a subclass too.
+    return isInstance(this, value);
+  }
+
   readonly code: string;
   /**
    * What went wrong in the database's or the driver's words (constraint names, hosts, sizes):
@@ -23,6 +40,25 @@ export class ContextDbError extends Error {
     this.code = code;
     this.detail = options.detail;
   }
+}
+
+/**
+ * `value instanceof cls`, or, for an error of another copy of this package (the process-wide
+ * `brand` on its prototype chain), a class of the same name in its chain.
+ */
+function isInstance(cls: typeof ContextDbError, value: unknown): boolean {
+  if (Function.prototype[Symbol.hasInstance].call(cls, value)) return true;
+  if (typeof value !== 'object' || value === null || !(brand in value)) return false;
+  if (cls === ContextDbError) return true;
+  for (let proto: object | null = Object.getPrototypeOf(value); proto !== null; proto = Object.getPrototypeOf(proto)) {
+    if (
+      Object.hasOwn(proto, 'constructor') &&
+      (proto as { constructor: { name?: unknown } }).constructor.name === cls.name
+    ) {
+      return true;
+    }
+  }
+  return false;
 }
 
 /** The cause and the log-only detail of a ContextDbError. */

@@ -2,7 +2,8 @@
 // autocannon over loopback, alternating the variants of one framework round by round, and prints
 // requests/s, p50/p99 latency and the ratios to the baselines (medians over rounds). Writes the
 // same to bench/results/latest.json. Run it with `pnpm bench` (which builds the packages and
-// finds or starts a PostgreSQL, as the tests do); see bench/README.md.
+// finds or starts a PostgreSQL, as the tests do); see bench/README.md. With --latency, every
+// server reaches PostgreSQL through a proxy that adds that round-trip time (latency-proxy.ts).
 import { type ChildProcess, fork } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
@@ -14,6 +15,15 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import autocannon from 'autocannon';
 import pg from 'pg';
+import {
+  type LatencyProxy,
+  measureRoundTrip,
+  type ProxyStats,
+  type RoundTrip,
+  startLatencyProxy,
+  targetOf,
+  throughProxy,
+} from './latency-proxy.js';
 import type { ToChild, ToParent } from './server.js';
 import {
   type Comparison,
@@ -43,6 +53,8 @@ const USAGE = `usage: pnpm bench [options]
   --pool N          pool size of every variant (default 10)
   --only NAME       fastify, express or koa; repeatable (default: all three)
   --route NAME      insert or no-query; repeatable (default: both)
+  --latency MS      put a proxy between the servers and PostgreSQL that adds MS to every round
+                    trip (half each way; 0 = the proxy alone); default: no proxy
   --profile         run the servers under node --cpu-prof, into bench/results/profiles/<server>/
                     (summarise with: npx tsx bench/profile.ts bench/results/profiles/<server>)`;
 
@@ -54,6 +66,8 @@ interface Options {
   readonly pool: number;
   readonly frameworks: readonly Framework[];
   readonly routes: readonly Route[];
+  /** Round trip added by the proxy (ms); null: the servers connect to PostgreSQL directly. */
+  readonly latency: number | null;
   readonly profile: boolean;
 }
 
@@ -71,6 +85,15 @@ function positive(name: string, value: string | undefined, fallback: number, int
   return number;
 }
 
+function latency(value: string | undefined): number | null {
+  if (value === undefined) return null;
+  const number = Number(value);
+  if (value.trim() === '' || !Number.isFinite(number) || number < 0) {
+    throw new Error(`--latency must be a round-trip time in ms, 0 or more, got ${value}\n${USAGE}`);
+  }
+  return number;
+}
+
 function parseOptions(argv: string[]): Options {
   const { values } = parseArgs({
     args: argv,
@@ -82,6 +105,7 @@ function parseOptions(argv: string[]): Options {
       pool: { type: 'string' },
       only: { type: 'string', multiple: true },
       route: { type: 'string', multiple: true },
+      latency: { type: 'string' },
       profile: { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
     },
@@ -108,6 +132,7 @@ function parseOptions(argv: string[]): Options {
     pool: positive('pool', values.pool, 10),
     frameworks: FRAMEWORKS.filter((framework) => only.includes(framework)),
     routes: ROUTES.filter((route) => routes.includes(route)),
+    latency: latency(values.latency),
     profile: values.profile,
   };
 }
@@ -249,12 +274,25 @@ interface ComparisonResult {
   readonly cpuRatio: number;
 }
 
+/** What the servers answered, warm-up included. */
+interface Tally {
+  /** Requests per server: divides a CPU profile's busy time. */
+  readonly served: Map<ServerName, number>;
+  /** 2xx answers of the insert route: the table must hold at least as many rows. */
+  insertsAnswered: number;
+}
+
+function count(tally: Tally, m: Measured, sample: Sample): void {
+  tally.served.set(m.server, (tally.served.get(m.server) ?? 0) + sample.completed);
+  if (m.route === 'insert') tally.insertsAnswered += sample.completed - sample.non2xx;
+}
+
 async function benchFramework(
   framework: Framework,
   env: NodeJS.ProcessEnv,
   options: Options,
   samples: Map<string, Sample[]>,
-  served: Map<ServerName, number>,
+  tally: Tally,
 ): Promise<void> {
   const servers = new Map<ServerName, Child>();
   try {
@@ -268,8 +306,7 @@ async function benchFramework(
     if (options.warmup > 0) {
       log(`${framework}: warming up ${measurements.length} × ${options.warmup} s`);
       for (const m of measurements) {
-        const sample = await load(serverOf(m.server), m.route, options.warmup, options.connections);
-        served.set(m.server, (served.get(m.server) ?? 0) + sample.completed);
+        count(tally, m, await load(serverOf(m.server), m.route, options.warmup, options.connections));
       }
     }
     for (let round = 0; round < options.rounds; round++) {
@@ -278,7 +315,7 @@ async function benchFramework(
       for (const m of order) {
         await sleep(200);
         const sample = await load(serverOf(m.server), m.route, options.duration, options.connections);
-        served.set(m.server, (served.get(m.server) ?? 0) + sample.completed);
+        count(tally, m, sample);
         const list = samples.get(key(m)) ?? [];
         list.push(sample);
         samples.set(key(m), list);
@@ -315,7 +352,7 @@ function summarise(options: Options, samples: Map<string, Sample[]>) {
         rounds,
       });
     }
-    for (const c of comparisonsFor(framework)) {
+    for (const c of comparisonsFor(framework, options.latency)) {
       if (options.routes.includes(c.subject.route)) comparisons.push(compare(framework, c, samples));
     }
   }
@@ -398,6 +435,39 @@ function render(summary: ReturnType<typeof summarise>): string {
 
 // --- main --------------------------------------------------------------------------------------
 
+/** The proxy of a --latency run, and what a round trip measured before the load. */
+interface Latency {
+  readonly proxy: LatencyProxy;
+  readonly direct: RoundTrip;
+  readonly proxied: RoundTrip;
+}
+
+async function startLatency(databaseUrl: string, roundTripMs: number): Promise<Latency> {
+  const proxy = await startLatencyProxy(targetOf(databaseUrl), roundTripMs);
+  try {
+    const direct = await measureRoundTrip(databaseUrl, 200);
+    const proxied = await measureRoundTrip(throughProxy(databaseUrl, proxy.port), 200);
+    return { proxy, direct, proxied };
+  } catch (err) {
+    await proxy.close();
+    throw err;
+  }
+}
+
+function describeLatency(latency: Latency | undefined, stats: ProxyStats | undefined): string {
+  if (latency === undefined) return 'latency: none added (servers connect to PostgreSQL directly)';
+  const rt = (r: RoundTrip): string => `p50 ${r.p50Ms.toFixed(2)} ms, p99 ${r.p99Ms.toFixed(2)} ms`;
+  const load =
+    stats === undefined
+      ? ''
+      : `; under load: one way p50 ${stats.oneWayP50Ms.toFixed(2)} ms, p99 ${stats.oneWayP99Ms.toFixed(2)} ms, ` +
+        `proxy thread ${Math.round(stats.eventLoopUtilization * 100)} % busy`;
+  return (
+    `latency: ${latency.proxy.roundTripMs} ms round trip added by the proxy; SELECT 1 before the load: ` +
+    `direct ${rt(latency.direct)}, through the proxy ${rt(latency.proxied)}${load}`
+  );
+}
+
 async function main(): Promise<number> {
   const options = parseOptions(process.argv.slice(2));
   const databaseUrl = process.env.DATABASE_URL;
@@ -408,8 +478,11 @@ async function main(): Promise<number> {
   await admin.connect();
   const { rows } = await admin.query<{ server_version: string }>('SHOW server_version');
   await admin.query(`CREATE TABLE ${table} (id serial PRIMARY KEY, text text NOT NULL)`);
+  const latency = options.latency === null ? undefined : await startLatency(databaseUrl, options.latency);
+  if (latency !== undefined) log(describeLatency(latency, undefined));
   const env: NodeJS.ProcessEnv = {
     ...process.env,
+    DATABASE_URL: latency === undefined ? databaseUrl : throughProxy(databaseUrl, latency.proxy.port),
     NODE_ENV: 'production',
     BENCH_TABLE: table,
     BENCH_POOL_MAX: String(options.pool),
@@ -419,11 +492,16 @@ async function main(): Promise<number> {
   };
   const loadBefore = os.loadavg();
   const samples = new Map<string, Sample[]>();
-  // Requests each server answered, warm-up included: divides a CPU profile's busy time.
-  const served = new Map<ServerName, number>();
+  const tally: Tally = { served: new Map(), insertsAnswered: 0 };
+  let rowsInserted = 0;
+  let proxyStats: ProxyStats | undefined;
   try {
-    for (const framework of options.frameworks) await benchFramework(framework, env, options, samples, served);
+    for (const framework of options.frameworks) await benchFramework(framework, env, options, samples, tally);
+    const counted = await admin.query<{ count: string }>(`SELECT count(*) FROM ${table}`);
+    rowsInserted = Number(counted.rows[0]?.count ?? 0);
+    proxyStats = await latency?.proxy.stats();
   } finally {
+    await latency?.proxy.close();
     await admin.query(`DROP TABLE IF EXISTS ${table}`).catch(() => {});
     await admin.end();
   }
@@ -438,24 +516,59 @@ async function main(): Promise<number> {
     loadAverageBefore: loadBefore.map((l) => Number(l.toFixed(2))),
     loadAverageAfter: os.loadavg().map((l) => Number(l.toFixed(2))),
   };
+  const header = describeLatency(latency, proxyStats);
   const rendered = render(summary);
-  console.log(rendered);
+  console.log(`${header}\n\n${rendered}`);
   console.log(
-    `\n${options.rounds} rounds × ${options.duration} s, ${options.connections} connections, pool ${options.pool}; ` +
+    `\n${options.rounds} rounds × ${options.duration} s, ${options.connections} connections, pool ${options.pool}, ` +
+      `${options.latency === null ? 'no added latency' : `${options.latency} ms round trip added`}; ` +
       `${machine.cpus} × ${machine.cpuModel}, Node ${machine.node}, PostgreSQL ${machine.postgres}; ` +
       `load average ${machine.loadAverageBefore[0]} → ${machine.loadAverageAfter[0]}; ${elapsedSeconds} s`,
   );
   await mkdir(RESULTS_DIR, { recursive: true });
   const file = join(RESULTS_DIR, 'latest.json');
+  const latencyResult =
+    latency === undefined
+      ? null
+      : {
+          roundTripMs: latency.proxy.roundTripMs,
+          selectOneDirect: latency.direct,
+          selectOneThroughProxy: latency.proxied,
+          proxy: proxyStats,
+        };
   await writeFile(
     file,
-    `${JSON.stringify({ date: new Date().toISOString(), options, machine, elapsedSeconds, ...summary, requestsServed: Object.fromEntries(served), table: rendered }, null, 2)}\n`,
+    `${JSON.stringify(
+      {
+        date: new Date().toISOString(),
+        options,
+        machine,
+        latency: latencyResult,
+        elapsedSeconds,
+        ...summary,
+        requestsServed: Object.fromEntries(tally.served),
+        insertsAnswered: tally.insertsAnswered,
+        rowsInserted,
+        table: `${header}\n\n${rendered}`,
+      },
+      null,
+      2,
+    )}\n`,
   );
   log(`wrote ${relative(ROOT, file)}${options.profile ? ` and profiles in ${relative(ROOT, PROFILE_DIR)}` : ''}`);
-  const faults = summary.measured.filter((m) => m.errors + m.non2xx > 0);
-  for (const m of faults)
+  let invalid = 0;
+  for (const m of summary.measured.filter((m) => m.errors + m.non2xx > 0)) {
     log(`invalid: ${m.framework} ${m.route} ${m.variant} had ${m.errors} errors and ${m.non2xx} non-2xx responses`);
-  return faults.length > 0 ? 1 : 0;
+    invalid++;
+  }
+  // Every 2xx insert committed a row; a few more rows may come from requests still in flight
+  // when a measurement stopped.
+  log(`${rowsInserted} rows inserted for ${tally.insertsAnswered} insert requests answered 2xx`);
+  if (rowsInserted < tally.insertsAnswered) {
+    log(`invalid: the table holds fewer rows than insert requests answered 2xx`);
+    invalid++;
+  }
+  return invalid > 0 ? 1 : 0;
 }
 
 process.exitCode = await main();

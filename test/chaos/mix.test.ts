@@ -20,7 +20,18 @@ for (const framework of frameworks) {
     });
     t.comment(formatReport(report));
     // Each kind was exercised, so the zeros below mean something.
-    for (const kind of ['ok', 'throw', 'deferred', 'kill', 'killSwallowed', 'fanout', 'abort', 'gated']) {
+    for (const kind of [
+      'ok',
+      'throw',
+      'deferred',
+      'kill',
+      'killSwallowed',
+      'fanout',
+      'abort',
+      'abortRunning',
+      'deadline',
+      'gated',
+    ]) {
       t.ok(Object.values(report.outcomes[kind] ?? {}).reduce((a, b) => a + b, 0) > 0, `${kind} was sent`);
     }
     t.ok((report.outcomes.abort?.aborted ?? 0) > 0, 'some requests were aborted by the client');
@@ -32,6 +43,8 @@ for (const framework of frameworks) {
     t.equal(report.leaks, 0, 'no cross-request leak');
     t.equal(report.checkedOut, 0, 'no connection left checked out');
     t.equal(report.idleInTransaction, 0, 'no session idle in transaction');
+    t.ok((report.outcomes.abortRunning?.aborted ?? 0) > 0, 'some clients left while a statement ran');
+    t.equal(report.uncancelled, 0, 'every statement of a client that left, or past its deadline, was cancelled');
   });
 }
 

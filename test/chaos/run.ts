@@ -1,10 +1,12 @@
 // `pnpm chaos [--requests N] [--concurrency C] [--seed S] [--frameworks fastify,express,koa]
 // [--model-runs M]`: the model-based interleaving test with M runs on a pool of 16 and M/4 on a
 // pool of 2 (default 5000, or CONTEXT_DB_MODEL_RUNS; its seed is CONTEXT_DB_MODEL_SEED or S), then the chaos mix with N
-// requests per framework (default 20000; gated requests resumed by another request's handler
-// included), then an isolation burst of C concurrent requests per framework (default 2000). Prints
-// the report; exits 1 on a model counterexample, or on any disagreement, half write, unexpected
-// status, hang, leak, held connection or idle transaction.
+// requests per framework (default 20000; gated requests resumed by another request's handler,
+// clients leaving while a statement runs and route deadlines passing included), then an isolation
+// burst of C concurrent requests per framework (default 2000), then the mix again with a graceful
+// shutdown (server drained, then db.close()) half-way through. Prints the report; exits 1 on a
+// model counterexample, or on any disagreement, half write, unexpected status, hang, leak, held
+// connection, idle transaction or long statement left running.
 import { parseArgs } from 'node:util';
 import { DbConnect } from '@context-db/core';
 import pg from 'pg';
@@ -38,7 +40,16 @@ const failures: string[] = [];
 
 function check(report: MixReport): void {
   const bad = (
-    ['disagreements', 'halfWritten', 'unexpectedStatus', 'hangs', 'leaks', 'checkedOut', 'idleInTransaction'] as const
+    [
+      'disagreements',
+      'halfWritten',
+      'unexpectedStatus',
+      'hangs',
+      'leaks',
+      'checkedOut',
+      'idleInTransaction',
+      'uncancelled',
+    ] as const
   ).filter((name) => report[name] !== 0);
   if (bad.length > 0) failures.push(`${report.framework}: ${bad.map((name) => `${name}=${report[name]}`).join(', ')}`);
 }
@@ -49,6 +60,7 @@ async function run(
   count: number,
   parallel: number,
   connectionTimeoutMillis: number,
+  shutdownAfter?: number,
 ) {
   const appName = `context_db_chaos_${process.pid}_${framework}`;
   const table = `chaos_${process.pid}_${framework}_${label}`;
@@ -60,11 +72,17 @@ async function run(
     poolConfig: { max: poolMax, application_name: appName, connectionTimeoutMillis },
     onPoolError: () => {},
   });
-  const mix = await startMix(framework, { db, appName, table, admin });
+  const mix = await startMix(framework, { db, appName, table, admin }, { graceful: shutdownAfter !== undefined });
   try {
-    const report = await mix.run({ requests: count, concurrency: parallel, seed });
+    const report = await mix.run({
+      requests: count,
+      concurrency: parallel,
+      seed,
+      ...(shutdownAfter !== undefined && { shutdownAfter }),
+    });
     console.log(`[${label}] ${formatReport(report)}`);
     check(report);
+    if (shutdownAfter !== undefined && report.shutdownMs === undefined) failures.push(`${framework}: no shutdown`);
   } finally {
     await mix.server.close();
     await db.close();
@@ -94,6 +112,9 @@ for (const framework of selected) {
   if (requests > 0) await run(framework, 'mix', requests, concurrency, 10_000);
   // All at once: isolation under load; requests wait for one of poolMax connections.
   if (burst > 0) await run(framework, 'burst', burst, burst, 60_000);
+  // SIGTERM in the middle of the mix: what is in flight finishes and agrees, the rest is refused.
+  if (requests > 0)
+    await run(framework, 'shutdown', Math.ceil(requests / 4), concurrency, 10_000, Math.ceil(requests / 8));
 }
 await admin.end();
 if (failures.length > 0) {
@@ -101,5 +122,5 @@ if (failures.length > 0) {
   process.exit(1);
 }
 console.log(
-  'chaos: 0 model counterexamples, 0 disagreements, 0 half writes, 0 hangs, 0 leaks, 0 connections held, 0 idle in transaction',
+  'chaos: 0 model counterexamples, 0 disagreements, 0 half writes, 0 hangs, 0 leaks, 0 connections held, 0 idle in transaction, 0 long statements left running',
 );

@@ -5,6 +5,7 @@ import {
   type ContextDbOptions,
   createDbHelpers,
   type DbHelpers,
+  DeadlineExceededError,
   firstChunk,
   InvalidOptionsError,
   isContextInitiated,
@@ -133,8 +134,13 @@ const states = new WeakMap<FastifyRequest, Entry>();
 const plugin: FastifyPluginAsync<ContextDbPluginOptions> = async (fastify, options) => {
   validateContextDbOptions(options, 'contextDbPlugin');
   // Only what the hooks need: Fastify adds its own keys (prefix, logLevel) to plugin options.
-  const { db, beforeCommit, commitOn } = options;
-  const ctxOptions: ContextDbOptions = { db, ...(beforeCommit && { beforeCommit }), ...(commitOn && { commitOn }) };
+  const { db, beforeCommit, commitOn, deadline } = options;
+  const ctxOptions: ContextDbOptions = {
+    db,
+    ...(beforeCommit && { beforeCommit }),
+    ...(commitOn && { commitOn }),
+    ...(deadline !== undefined && { deadline }),
+  };
   const helpers = createDbHelpers(db);
 
   fastify.decorateRequest('db', {
@@ -178,6 +184,7 @@ const plugin: FastifyPluginAsync<ContextDbPluginOptions> = async (fastify, optio
       }
     }
     recordSentStatus(reply.raw, state);
+    watchHandlerTimeout(request, state);
     // 'close' fires on every response: after a normal end (nothing left to do), after a hijacked
     // reply the handler finished itself (onSend never ran), or when the client went away first.
     reply.raw.once('close', () => onClose(state, reply));
@@ -448,6 +455,24 @@ function toArray<H>(hooks: H | H[] | undefined): H[] {
 function aroundEach<H, R>(hooks: H | H[] | undefined, re: R, always = false): (H | R)[] {
   const own = toArray(hooks).filter((hook) => hook !== (re as unknown));
   return own.length === 0 && !always ? [] : [...own.flatMap((hook) => [re, hook]), re];
+}
+
+// Fastify's handlerTimeout (a server or route option) aborts request.signal with its own error,
+// then answers 503: the request's database work is past its deadline too, so the running
+// statement is cancelled and the transaction rolled back rather than left to run. Fastify makes
+// request.signal on first use, so it is only touched when a timeout can abort it.
+function watchHandlerTimeout(request: FastifyRequest, state: RequestState): void {
+  const ms = request.routeOptions.handlerTimeout;
+  if (!(ms > 0)) return;
+  const { signal } = request;
+  signal.addEventListener(
+    'abort',
+    () => {
+      const code = (signal.reason as { code?: unknown } | undefined)?.code;
+      if (code === 'FST_ERR_HANDLER_TIMEOUT') state.rc.abort(new DeadlineExceededError(ms));
+    },
+    { once: true },
+  );
 }
 
 function onClose(state: RequestState, reply: FastifyReply): void {

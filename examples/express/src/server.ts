@@ -1,5 +1,5 @@
 // `pnpm example express` (or `PORT=3000 tsx examples/express/src/server.ts` with DATABASE_URL set).
-import { storeFromEnv } from '@context-db/examples-shared';
+import { closeOnSignals, storeFromEnv } from '@context-db/examples-shared';
 import { buildApp, routes } from './app.js';
 
 const store = await storeFromEnv();
@@ -9,10 +9,6 @@ const server = buildApp(store).listen(port, '127.0.0.1', () => {
   for (const route of routes) console.log(`  ${route}`);
 });
 
-for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-  process.once(signal, () => {
-    server.close();
-    server.closeAllConnections();
-    void store.db.close();
-  });
-}
+// SIGTERM: server.close() stops accepting and waits for the requests in flight, which commit as
+// usual; then the database closes.
+closeOnSignals({ server, stop: () => new Promise<void>((done) => server.close(() => done())), db: store.db });

@@ -1,5 +1,5 @@
 // `pnpm example fastify`, or `npx tsx examples/fastify/src/server.ts` with DATABASE_URL set.
-import { storeFromEnv } from '@context-db/examples-shared';
+import { closeOnSignals, storeFromEnv } from '@context-db/examples-shared';
 import { buildApp } from './app.js';
 
 const store = await storeFromEnv();
@@ -13,9 +13,6 @@ const url = await app.listen({ host: '127.0.0.1', port: Number(process.env.PORT 
 console.log(`context-db Fastify example on ${url}, table ${store.table}`);
 console.log(routes.join('\n'));
 
-for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-  process.once(signal, async () => {
-    await app.close();
-    await store.db.close();
-  });
-}
+// SIGTERM: app.close() stops accepting and waits for the requests in flight, which commit as
+// usual; then the database closes.
+closeOnSignals({ server: app.server, stop: () => app.close(), db: store.db });

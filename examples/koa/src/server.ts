@@ -1,6 +1,6 @@
 // `pnpm example koa` (or `PORT=3000 tsx examples/koa/src/server.ts` with DATABASE_URL set): the
 // example app on 127.0.0.1, against the database.
-import { storeFromEnv } from '@context-db/examples-shared';
+import { closeOnSignals, storeFromEnv } from '@context-db/examples-shared';
 import { buildApp, routes } from './app.js';
 
 const store = await storeFromEnv();
@@ -11,10 +11,6 @@ const server = buildApp(store).listen(port, '127.0.0.1', () => {
   for (const route of routes) console.log(`  ${route}`);
 });
 
-for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-  process.once(signal, () => {
-    server.close();
-    server.closeAllConnections(); // keep-alive sockets would hold close() open
-    void store.db.close();
-  });
-}
+// SIGTERM: server.close() stops accepting and waits for the requests in flight, which commit as
+// usual; then the database closes.
+closeOnSignals({ server, stop: () => new Promise<void>((done) => server.close(() => done())), db: store.db });

@@ -165,3 +165,5 @@ export async function listRows({ db, table }: ExampleStore): Promise<string[]> {
   const { rows } = await (await dbSession(db)).query<{ text: string }>(`SELECT text FROM ${table} ORDER BY id`);
   return rows.map((row) => row.text);
 }
+
+export { closeOnSignals, type ShutdownOptions } from './shutdown.js';

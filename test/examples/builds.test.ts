@@ -10,6 +10,8 @@ const packages = {
   '@context-db/fastify': 'contextDbPlugin',
   '@context-db/express': 'contextDb',
   '@context-db/koa': 'contextDb',
+  '@context-db/kysely': 'ContextDbDialect',
+  '@context-db/drizzle': 'contextDrizzle',
 } as const;
 
 for (const [name, entry] of Object.entries(packages)) {

@@ -1,0 +1,348 @@
+import {
+  ContextNotInitiatedError,
+  currentCtx,
+  DbConnect,
+  type DbSession,
+  InvalidOptionsError,
+  NestedAtomicBlockError,
+  TransactionAlreadyOpenError,
+  type TransactionOptions,
+  validateTransactionOptions,
+} from '@context-db/core';
+import type {
+  CompiledQuery,
+  DatabaseConnection,
+  DatabaseIntrospector,
+  Dialect,
+  DialectAdapter,
+  Driver,
+  Kysely,
+  QueryCompiler,
+  QueryResult,
+  RootOperationNode,
+  TransactionSettings,
+} from 'kysely';
+import { PostgresAdapter, PostgresIntrospector, PostgresQueryCompiler, SelectQueryNode } from 'kysely';
+import type { QueryResult as PgResult } from 'pg';
+
+/** What a query does outside any context-db context. */
+export type OutsideContext = 'throw' | 'pool';
+
+export interface ContextDbDialectConfig {
+  /** The database whose context session every query runs on. */
+  readonly db: DbConnect;
+  /**
+   * Outside a context: `'throw'` (default) rejects with `ContextNotInitiatedError`; `'pool'` runs
+   * each query, and each transaction, on a session and a pool connection of its own (for
+   * scripts, migrations, jobs), each query outside a transaction committed on its own.
+   */
+  readonly outsideContext?: OutsideContext;
+}
+
+const OUTSIDE: readonly OutsideContext[] = ['throw', 'pool'];
+
+/**
+ * A Kysely dialect whose every query runs on the current context's session for `db`: it commits
+ * or rolls back with the request (or `runInNewCtx`), and sees the request's uncommitted writes.
+ * Inside a context, `transaction()` is a savepoint of the context's transaction, rolled back
+ * alone when its callback throws. Build the `Kysely` instance once, at module level.
+ *
+ * @example
+ * ```ts
+ * export const kdb = new Kysely<Database>({ dialect: new ContextDbDialect({ db }) });
+ *
+ * export async function addNote(text: string) {
+ *   await kdb.insertInto('notes').values({ text }).execute(); // the request's transaction
+ * }
+ * ```
+ */
+export class ContextDbDialect implements Dialect {
+  readonly #config: Required<ContextDbDialectConfig>;
+
+  constructor(config: ContextDbDialectConfig) {
+    const where = 'new ContextDbDialect({ db, outsideContext })';
+    if (typeof config !== 'object' || config === null || !(config.db instanceof DbConnect)) {
+      throw new InvalidOptionsError(`${where}: db must be a DbConnect, the database the queries run on.`);
+    }
+    const { db, outsideContext = 'throw', ...rest } = config;
+    const unknown = Object.keys(rest)[0];
+    if (unknown !== undefined) throw new InvalidOptionsError(`${where}: unknown option "${unknown}".`);
+    if (!OUTSIDE.includes(outsideContext)) {
+      throw new InvalidOptionsError(
+        `${where}: outsideContext must be 'throw' or 'pool', got ${JSON.stringify(outsideContext)}.`,
+      );
+    }
+    this.#config = { db, outsideContext };
+  }
+
+  createDriver(): Driver {
+    return new ContextDbDriver(this.#config);
+  }
+
+  createQueryCompiler(): QueryCompiler {
+    return new PostgresQueryCompiler();
+  }
+
+  createAdapter(): DialectAdapter {
+    return new PostgresAdapter();
+  }
+
+  createIntrospector(db: Kysely<unknown>): DatabaseIntrospector {
+    return new PostgresIntrospector(db);
+  }
+}
+
+// The builder transactions open on each session, oldest first: their savepoints nest on the
+// server in that order, so only the newest may run queries or end.
+const openTransactions = new WeakMap<DbSession, SessionConnection[]>();
+
+let cursorCounter = 0;
+
+function overlapped(): NestedAtomicBlockError {
+  return new NestedAtomicBlockError(
+    'Two Kysely transactions overlapped on one context session. Inside a context each transaction() is a ' +
+      "savepoint of the context's transaction, and savepoints on one connection nest: a transaction begun " +
+      'while another runs cannot commit or roll back apart from it. Await one before beginning the next, or ' +
+      'run the other in runInNewCtx(fn) for a connection of its own.',
+  );
+}
+
+/** Kysely's settings as core's transaction options; undefined when there are none. */
+function transactionOptions({ isolationLevel, accessMode }: TransactionSettings): TransactionOptions | undefined {
+  if (isolationLevel === undefined && accessMode === undefined) return undefined;
+  if (isolationLevel === 'snapshot') {
+    throw new InvalidOptionsError(
+      "Kysely transaction(): PostgreSQL has no 'snapshot' isolation level; 'repeatable read' is its snapshot isolation.",
+    );
+  }
+  return validateTransactionOptions(
+    {
+      // PostgreSQL runs 'read uncommitted' as 'read committed'.
+      isolationLevel: isolationLevel === 'read uncommitted' ? 'read committed' : isolationLevel,
+      readOnly: accessMode === undefined ? undefined : accessMode === 'read only',
+    },
+    'Kysely transaction()',
+  );
+}
+
+class ContextDbDriver implements Driver {
+  readonly #config: Required<ContextDbDialectConfig>;
+
+  constructor(config: Required<ContextDbDialectConfig>) {
+    this.#config = config;
+  }
+
+  async init(): Promise<void> {}
+
+  async acquireConnection(): Promise<DatabaseConnection> {
+    const { db, outsideContext } = this.#config;
+    const ctx = currentCtx();
+    if (ctx !== undefined) return new SessionConnection(await ctx.getSession(db), false);
+    if (outsideContext === 'pool') return new SessionConnection(await db.createSession(), true);
+    throw new ContextNotInitiatedError(
+      "A query of a Kysely instance on ContextDbDialect (which runs outside a context with outsideContext: 'pool')",
+    );
+  }
+
+  async beginTransaction(connection: DatabaseConnection, settings: TransactionSettings): Promise<void> {
+    await (connection as SessionConnection).begin(transactionOptions(settings));
+  }
+
+  async commitTransaction(connection: DatabaseConnection): Promise<void> {
+    await (connection as SessionConnection).end(true);
+  }
+
+  async rollbackTransaction(connection: DatabaseConnection): Promise<void> {
+    await (connection as SessionConnection).end(false);
+  }
+
+  async savepoint(connection: DatabaseConnection, name: string): Promise<void> {
+    await (connection as SessionConnection).savepoint(name);
+  }
+
+  async rollbackToSavepoint(connection: DatabaseConnection, name: string): Promise<void> {
+    await (connection as SessionConnection).endSavepoint(name, false);
+  }
+
+  async releaseSavepoint(connection: DatabaseConnection, name: string): Promise<void> {
+    await (connection as SessionConnection).endSavepoint(name, true);
+  }
+
+  async releaseConnection(connection: DatabaseConnection): Promise<void> {
+    const { session, own } = connection as SessionConnection;
+    // A context's session is the context's to end; only a session of our own is closed here.
+    if (own) await session.close();
+  }
+
+  /** The sessions and the pool belong to the DbConnect and its contexts: nothing to end here. */
+  async destroy(): Promise<void> {}
+}
+
+/**
+ * One Kysely "connection": a context session (or, outside a context, a session of its own).
+ * Kysely acquires one per query and one per transaction.
+ */
+class SessionConnection implements DatabaseConnection {
+  readonly session: DbSession;
+  /** The session is this connection's own (outside a context), not a context's. */
+  readonly own: boolean;
+  #transaction = false;
+  // Inside a context: the savepoint that holds this connection's transaction.
+  #savepoint: string | undefined;
+  // Kysely's savepoint names, with the core savepoint each stands for, oldest first.
+  readonly #savepoints: Array<{ readonly name: string; readonly core: string }> = [];
+
+  constructor(session: DbSession, own: boolean) {
+    this.session = session;
+    this.own = own;
+  }
+
+  async executeQuery<R>(compiled: CompiledQuery): Promise<QueryResult<R>> {
+    this.#assertInnermost();
+    const { command, rowCount, rows }: PgResult = await this.session.query(compiled.sql, compiled.parameters);
+    await this.#autocommit();
+    const written = command === 'INSERT' || command === 'UPDATE' || command === 'DELETE' || command === 'MERGE';
+    return written ? { numAffectedRows: BigInt(rowCount ?? 0), rows: rows as R[] } : { rows: rows as R[] };
+  }
+
+  /**
+   * Streams a SELECT through a SQL cursor (DECLARE / FETCH), one statement per chunk on the
+   * session's queue: other queries of the request may run between chunks on the same
+   * connection, which a protocol-level cursor would block. A statement a cursor cannot hold (an
+   * INSERT, UPDATE or DELETE with RETURNING, a data-modifying WITH) runs once and is yielded in chunks.
+   */
+  async *streamQuery<R>(compiled: CompiledQuery, chunkSize: number): AsyncIterableIterator<QueryResult<R>> {
+    if (!declarable(compiled.query)) {
+      const { rows } = await this.executeQuery<R>(compiled);
+      for (let at = 0; at < rows.length; at += chunkSize) yield { rows: rows.slice(at, at + chunkSize) };
+      return;
+    }
+    this.#assertInnermost();
+    const name = `context_db_cursor_${++cursorCounter}`;
+    const session = this.session;
+    await session.query(`DECLARE ${name} NO SCROLL CURSOR FOR ${compiled.sql}`, compiled.parameters);
+    let failed = false;
+    try {
+      for (;;) {
+        this.#assertInnermost();
+        const { rows } = await session.query(`FETCH FORWARD ${chunkSize} FROM ${name}`).catch((err: unknown) => {
+          failed = true;
+          throw err;
+        });
+        if (rows.length > 0) yield { rows: rows as R[] };
+        if (rows.length < chunkSize) break;
+      }
+    } finally {
+      // A failed FETCH aborted the transaction, and an ended transaction took the cursor with
+      // it. Otherwise close it (the consumer may stop early) unless a rollback to a savepoint
+      // already did: a CLOSE of a missing cursor would abort the transaction.
+      if (!failed && session.inTransaction) {
+        await session.query(
+          `DO $$BEGIN IF EXISTS (SELECT FROM pg_cursors WHERE name = '${name}') THEN EXECUTE 'CLOSE ${name}'; END IF; END$$`,
+        );
+        await this.#autocommit();
+      }
+    }
+  }
+
+  /**
+   * Inside a context a transaction is a savepoint of the context's transaction, begun with it
+   * when none is open; options apply only to a transaction it begins. Outside, it is the own
+   * session's transaction.
+   */
+  async begin(options: TransactionOptions | undefined): Promise<void> {
+    const session = this.session;
+    if (this.own) {
+      session.setTransactionOptions(options);
+      this.#transaction = true;
+      return;
+    }
+    this.#savepoint =
+      options === undefined
+        ? await session.beginSavepoint()
+        : await session.exclusive(async () => {
+            await session.drain();
+            if (session.inTransaction) {
+              throw new TransactionAlreadyOpenError(
+                "Kysely's setIsolationLevel() / setAccessMode() were used inside a transaction already open on the " +
+                  "context session: PostgreSQL fixes them at the transaction's BEGIN. Set them on the route or the " +
+                  'DbConnect, or begin this transaction before any other query of the request.',
+              );
+            }
+            return session.withOptions(options, () => session.beginSavepoint());
+          }, true);
+    this.#transaction = true;
+    const open = openTransactions.get(session);
+    if (open === undefined) openTransactions.set(session, [this]);
+    else open.push(this);
+  }
+
+  /** Commit (`commit` true) or roll back this connection's transaction. */
+  async end(commit: boolean): Promise<void> {
+    this.#transaction = false;
+    const session = this.session;
+    const first = this.#savepoints[0];
+    this.#savepoints.length = 0;
+    if (this.own) {
+      // COMMIT and ROLLBACK end the savepoints too, but core ends them first (hooks).
+      if (first !== undefined) await session.endSavepoint(first.core, commit);
+      await (commit ? session.commit() : session.rollback());
+      return;
+    }
+    const open = openTransactions.get(session) ?? [];
+    const at = open.indexOf(this);
+    const name = this.#savepoint as string;
+    this.#savepoint = undefined;
+    // Gone already: an older transaction that overlapped this one rolled it back with its own.
+    if (at === -1) {
+      if (commit) throw overlapped();
+      return;
+    }
+    // Transactions begun after this one are inside its savepoint: it may not commit past them.
+    if (commit && at !== open.length - 1) {
+      this.#transaction = true;
+      this.#savepoint = name;
+      throw overlapped();
+    }
+    open.splice(at);
+    await session.endSavepoint(name, commit);
+  }
+
+  async savepoint(name: string): Promise<void> {
+    this.#assertInnermost();
+    this.#savepoints.push({ name, core: await this.session.beginSavepoint() });
+  }
+
+  /**
+   * `release` false: roll back to the savepoint, which stays (Kysely lets the caller roll back to
+   * it again or release it): core ends it and opens a fresh one in its place.
+   */
+  async endSavepoint(name: string, release: boolean): Promise<void> {
+    this.#assertInnermost();
+    let at = this.#savepoints.length - 1;
+    while (at >= 0 && this.#savepoints[at]?.name !== name) at--;
+    const found = this.#savepoints[at];
+    if (found === undefined)
+      throw new InvalidOptionsError(`Kysely savepoint "${name}" is not open on this transaction.`);
+    this.#savepoints.splice(at);
+    await this.session.endSavepoint(found.core, release);
+    if (!release) this.#savepoints.push({ name, core: await this.session.beginSavepoint() });
+  }
+
+  /** A transaction's queries must not land in the savepoint of a transaction begun after it. */
+  #assertInnermost(): void {
+    if (this.#transaction && !this.own && openTransactions.get(this.session)?.at(-1) !== this) throw overlapped();
+  }
+
+  /** Outside a transaction, a query on a session of our own commits on its own, as on a pool. */
+  async #autocommit(): Promise<void> {
+    if (this.own && !this.#transaction) await this.session.commit();
+  }
+}
+
+/** A SELECT whose WITH clauses are SELECTs too: what PostgreSQL lets DECLARE CURSOR hold. */
+function declarable(query: RootOperationNode): boolean {
+  return (
+    SelectQueryNode.is(query) && (query.with?.expressions.every((cte) => SelectQueryNode.is(cte.expression)) ?? true)
+  );
+}

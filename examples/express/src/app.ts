@@ -21,6 +21,7 @@ import {
 } from '@context-db/examples-shared';
 import { contextDb, contextDbErrors, noContextDb, transactionOptions } from '@context-db/express';
 import express from 'express';
+import { drizzleRouter } from './drizzle-routes.js';
 
 /** The example's routes, as `METHOD /path  what it shows`, for the server to print. */
 export const routes = [
@@ -41,6 +42,7 @@ export const routes = [
   'GET  /outbox                   the events published after commit',
   'GET  /rows                     the table',
   'GET  /health                   skipped by contextDb(): no database at all',
+  "*    /drizzle/…                 the seed's routes with Drizzle (drizzle-routes.ts)",
 ];
 
 /** The example app on `store`; the server and the tests both build it. */
@@ -95,6 +97,8 @@ export function buildApp(store: ExampleStore): express.Express {
   app.get('/health', (_req, res) => {
     res.json({ ok: true });
   });
+
+  app.use('/drizzle', drizzleRouter(store));
 
   // Errors roll back even if an error handler below answered with a status under 400.
   app.use(contextDbErrors());

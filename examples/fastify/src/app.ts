@@ -4,6 +4,7 @@ import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastif
 import { atomicRoutes } from './routes/atomic.js';
 import { concurrentRoute } from './routes/concurrent.js';
 import { earlyRoutes } from './routes/early.js';
+import { kyselyRoutes } from './routes/kysely.js';
 import { optedOutRoute } from './routes/opted-out.js';
 import { readRoutes } from './routes/read.js';
 import { rollbackRoutes } from './routes/rollback.js';
@@ -25,6 +26,7 @@ export function buildApp(store: ExampleStore, options: FastifyServerOptions = {}
       optedOutRoute,
       readRoutes,
       transactionControlRoutes,
+      kyselyRoutes,
     ]) {
       routes(scope, store);
     }

@@ -1,11 +1,13 @@
-// Round trips: a request whose handler runs N queries makes exactly N + 2 round trips (BEGIN,
-// the N queries, COMMIT, or ROLLBACK when it fails), on one connection: the session reset that
+// Round trips: a request whose handler runs N queries makes exactly N + 1 round trips on one
+// connection: BEGIN travels in the same flight as the first query (node-postgres's pipeline
+// mode), then the other queries, then COMMIT, or ROLLBACK when it fails. The session reset that
 // keeps SET, temp tables and advisory locks from reaching the next request travels in the same
-// flight as the COMMIT or ROLLBACK, not in a round trip of its own. A request that runs
-// none, even one that asked for its session, sends nothing and takes no connection. Counted on
-// the pg client (every client.query call the pool's connections receive) and, when the server
-// has pg_stat_statements loaded, also by PostgreSQL itself, for a role used only by this test.
-import { DbConnect, RESET_SESSION_SQL } from '@context-db/core';
+// flight as the COMMIT or ROLLBACK. Transaction options ride in the BEGIN's flight too. A request
+// that runs none, even one that asked for its session, sends nothing and takes no connection.
+// Counted on the pg client (every client.query call the pool's connections receive, grouped into
+// the flights they were written in) and, when the server has pg_stat_statements loaded, also by
+// PostgreSQL itself, for a role used only by this test.
+import { DbConnect, type DbSession, RESET_SESSION_SQL } from '@context-db/core';
 import { contextDb as expressContextDb } from '@context-db/express';
 import { contextDbPlugin } from '@context-db/fastify';
 import { contextDb as koaContextDb } from '@context-db/koa';
@@ -21,8 +23,11 @@ import { listen, request } from '../fixtures/express.js';
 interface StatementCounter {
   readonly db: DbConnect;
   readonly appName: string;
-  /** Statements sent on the pool's connections since the last reset, in order. */
-  readonly sent: string[];
+  /**
+   * Statements sent on the pool's connections since the last reset, by flight: a statement
+   * written while the client pipelines one still unanswered shares its round trip.
+   */
+  readonly sent: string[][];
   /** Connections checked out of the pool since the last reset. */
   acquired: number;
   reset(): Promise<void>;
@@ -82,7 +87,13 @@ async function statementCounter(t: Test, table: string): Promise<StatementCounte
           const query = client.query;
           client.query = function (this: pg.PoolClient, ...args: unknown[]) {
             const [first] = args;
-            counter.sent.push(typeof first === 'string' ? first : String((first as { text?: unknown }).text));
+            const text = typeof first === 'string' ? first : String((first as { text?: unknown }).text);
+            // node-postgres internals: what this client has written and not yet had answered.
+            const state = this as unknown as { pipeline: boolean; _activeQuery: unknown; _sentQueryQueue: unknown[] };
+            const inFlight = state._activeQuery != null || state._sentQueryQueue.length > 0;
+            const flight = counter.sent.at(-1);
+            if (state.pipeline && inFlight && flight !== undefined) flight.push(text);
+            else counter.sent.push([text]);
             return Reflect.apply(query, this, args);
           } as typeof client.query;
         });
@@ -107,19 +118,27 @@ async function statementCounter(t: Test, table: string): Promise<StatementCounte
 
 const insertSql = (table: string): string => `INSERT INTO ${table} (text) VALUES ($1)`;
 
-/** What one request should have sent: BEGIN, the N inserts, and COMMIT (or ROLLBACK) with the reset. */
-function expected(table: string, n: number, end: 'COMMIT' | 'ROLLBACK'): string[] {
-  return n === 0 ? [] : ['BEGIN', ...Array.from({ length: n }, () => insertSql(table)), `${end}; ${RESET_SESSION_SQL}`];
+/**
+ * What one request should have sent, flight by flight: BEGIN with the first query, the other
+ * queries, and COMMIT (or ROLLBACK) with the reset.
+ */
+function expected(table: string, n: number, end: 'COMMIT' | 'ROLLBACK', first = insertSql(table)): string[][] {
+  if (n === 0) return [];
+  return [
+    ['BEGIN', first],
+    ...Array.from({ length: n - 1 }, () => [insertSql(table)]),
+    [`${end}; ${RESET_SESSION_SQL}`],
+  ];
 }
 
 const resetStatements = RESET_SESSION_SQL.split(';').length;
 
-/** "BEGIN, 3 × INSERT, COMMIT" */
-function describe(statements: readonly string[]): string {
-  const words = statements.map((statement) => statement.split(' ', 1)[0] ?? '');
-  const inserts = words.filter((word) => word === 'INSERT').length;
+/** "BEGIN+INSERT, 2 × INSERT, COMMIT" */
+function describe(flights: readonly string[][]): string {
+  const words = flights.map((flight) => flight.map((statement) => statement.split(' ', 1)[0] ?? '').join('+'));
   if (words.length === 0) return 'none';
-  return [words[0], `${inserts} × INSERT`, words.at(-1)].join(', ');
+  const middle = words.slice(1, -1);
+  return [words[0], ...(middle.length > 0 ? [`${middle.length} × ${middle[0]}`] : []), words.at(-1)].join(', ');
 }
 
 /** Sends POST /queries/:n (asks for its session, runs n inserts) or GET /ping (no session); resolves to the status. */
@@ -138,16 +157,25 @@ async function checkRoundTrips(t: Test, counter: StatementCounter, table: string
     { path: '/queries/1', n: 1, status: 200, end: 'COMMIT' as const, what: 'one query' },
     { path: '/queries/3', n: 3, status: 200, end: 'COMMIT' as const, what: 'three queries' },
     { path: '/queries/2?status=500', n: 2, status: 500, end: 'ROLLBACK' as const, what: 'two queries, then a 500' },
+    {
+      path: '/queries/1?fail=1',
+      n: 1,
+      status: 500,
+      end: 'ROLLBACK' as const,
+      first: FAILING,
+      what: 'a first query that fails',
+    },
   ];
-  for (const { path, n, status, end, what } of cases) {
+  for (const { path, n, status, end, what, first } of cases) {
     await counter.reset();
     t.equal(await send(path), status, `${what}: status ${status}`);
     await eventually(() => checkedOut(counter.db) === 0);
-    const statements = expected(table, n, end);
-    t.same(counter.sent, statements, `${what}: makes ${statements.length} round trips (${describe(statements)})`);
+    const flights = expected(table, n, end, first);
+    t.same(counter.sent, flights, `${what}: makes ${flights.length} round trips (${describe(flights)})`);
     t.equal(counter.acquired, n === 0 ? 0 : 1, `${what}: takes ${n === 0 ? 'no connection' : 'one connection'}`);
     const server = await counter.serverCount();
-    const executed = n === 0 ? 0 : n + 2 + resetStatements;
+    // PostgreSQL counts statements that ran; one that failed is not counted.
+    const executed = n === 0 ? 0 : n + 2 + resetStatements - (first === FAILING ? 1 : 0);
     if (server !== undefined) t.equal(server, executed, `${what}: PostgreSQL executed ${server} statements`);
   }
   t.equal(checkedOut(counter.db), 0, 'every connection is back in the pool');
@@ -158,14 +186,26 @@ async function checkRoundTrips(t: Test, counter: StatementCounter, table: string
 
 const statusOf = (query: unknown): number => Number((query as { status?: string }).status ?? 200);
 
-t.test('fastify (app.inject): N queries make N + 2 round trips, none make any', async (t) => {
+/** The first query of `?fail=1` requests: it fails at the server, aborting the transaction. */
+const FAILING = 'SELECT 1/0';
+
+/** What a /queries/:n route runs: n inserts, or a failing query first with `?fail=1`. */
+async function runQueries(session: DbSession, table: string, n: number, query: unknown): Promise<void> {
+  if ((query as { fail?: string }).fail === '1') {
+    await session.query(FAILING);
+    return;
+  }
+  for (let i = 0; i < n; i++) await session.query(insertSql(table), [`q${i}`]);
+}
+
+t.test('fastify (app.inject): N queries make N + 1 round trips, none make any', async (t) => {
   const table = await createTable(t);
   const counter = await statementCounter(t, table);
   const app = Fastify();
   await app.register(contextDbPlugin, { db: counter.db });
   app.post<{ Params: { n: string } }>('/queries/:n', async (request, reply) => {
     const session = await request.db.session();
-    for (let i = 0; i < Number(request.params.n); i++) await session.query(insertSql(table), [`q${i}`]);
+    await runQueries(session, table, Number(request.params.n), request.query);
     return reply.code(statusOf(request.query)).send({ ok: true });
   });
   app.get('/ping', async () => ({ ok: true }));
@@ -178,14 +218,14 @@ t.test('fastify (app.inject): N queries make N + 2 round trips, none make any', 
   );
 });
 
-t.test('express (loopback): N queries make N + 2 round trips, none make any', async (t) => {
+t.test('express (loopback): N queries make N + 1 round trips, none make any', async (t) => {
   const table = await createTable(t);
   const counter = await statementCounter(t, table);
   const app = express();
   app.use(expressContextDb({ db: counter.db }));
   app.post('/queries/:n', async (req, res) => {
     const session = await req.db.session();
-    for (let i = 0; i < Number(req.params.n); i++) await session.query(insertSql(table), [`q${i}`]);
+    await runQueries(session, table, Number(req.params.n), req.query);
     res.status(statusOf(req.query)).json({ ok: true });
   });
   app.get('/ping', (_req, res) => {
@@ -200,14 +240,14 @@ t.test('express (loopback): N queries make N + 2 round trips, none make any', as
   );
 });
 
-t.test('koa (loopback): N queries make N + 2 round trips, none make any', async (t) => {
+t.test('koa (loopback): N queries make N + 1 round trips, none make any', async (t) => {
   const table = await createTable(t);
   const counter = await statementCounter(t, table);
   const app = new Koa();
   const router = new Router();
   router.post('/queries/:n', async (ctx) => {
     const session = await ctx.db.session();
-    for (let i = 0; i < Number(ctx.params.n); i++) await session.query(insertSql(table), [`q${i}`]);
+    await runQueries(session, table, Number(ctx.params.n), ctx.query);
     ctx.status = statusOf(ctx.query);
     ctx.body = { ok: true };
   });

@@ -51,6 +51,18 @@ function connectionLost(err: unknown): boolean {
   return (err as { severity?: unknown } | null)?.severity !== 'ERROR';
 }
 
+/**
+ * Whether BEGIN can travel with this query: node-postgres with pipeline mode (8.23+), and a plain
+ * query, not a cursor or stream (those keep a portal open, which pipeline mode refuses).
+ */
+function pipelines(client: PoolClient, text: string | QueryConfig<unknown[]>): boolean {
+  return (
+    typeof (client as { pipeline?: unknown }).pipeline === 'boolean' &&
+    (typeof text === 'string' ||
+      (typeof (text as { submit?: unknown }).submit !== 'function' && (text as { rows?: unknown }).rows === undefined))
+  );
+}
+
 function newLevel(savepoint: string | undefined, token: object | undefined): Level {
   return { savepoint, token, onCommit: [], onRollback: [] };
 }
@@ -281,7 +293,7 @@ export class DbSession implements AsyncDisposable {
       const sent =
         client !== undefined && this.#inTransaction && !this.#closed && this.#cut === undefined
           ? client.query<R, unknown[]>(text, values as unknown[] | undefined)
-          : this.#begun().then((begun) => begun.query<R, unknown[]>(text, values as unknown[] | undefined));
+          : this.#beginWith<R>(text, values as unknown[] | undefined);
       return sent.catch(this.#cancelled);
     });
   }
@@ -822,6 +834,69 @@ export class DbSession implements AsyncDisposable {
   }
 
   async #begun(): Promise<PoolClient> {
+    const client = await this.#connected();
+    if (!this.#inTransaction) {
+      const options = this.#beginning();
+      await client.query(this.#driver.beginSql(options));
+      this.#begunWith(options);
+    }
+    return client;
+  }
+
+  /**
+   * Begin the transaction if none is open and run the session's query, BEGIN and query written
+   * in one flight when the client can pipeline (node-postgres 8.23's `pipeline` mode, switched on
+   * for these two only): one round trip instead of two. A failed BEGIN is the query's error and
+   * leaves no transaction open; a failed query leaves the transaction open and aborted, as it
+   * would after a BEGIN of its own.
+   */
+  async #beginWith<R extends QueryResultRow>(
+    text: string | QueryConfig<unknown[]>,
+    values: unknown[] | undefined,
+  ): Promise<QueryResult<R>> {
+    const client = await this.#connected();
+    if (this.#inTransaction || !pipelines(client, text)) {
+      await this.#begun();
+      return client.query<R, unknown[]>(text, values);
+    }
+    const options = this.#beginning();
+    const mode = client as { pipeline: boolean };
+    const was = mode.pipeline;
+    mode.pipeline = true;
+    const begin = client.query(this.#driver.beginSql(options));
+    const first = client.query<R, unknown[]>(text, values);
+    // Back to the pool's mode once both are answered (pipeline mode also refuses cursors).
+    const restore = (): void => {
+      mode.pipeline = was;
+    };
+    try {
+      await begin;
+    } catch (err) {
+      // Without its BEGIN the query ran on its own, if at all; it is answered, then reported.
+      await first.then(restore, restore);
+      throw err;
+    }
+    this.#begunWith(options);
+    try {
+      return await first;
+    } finally {
+      restore();
+    }
+  }
+
+  /** Before a BEGIN: the options it opens the transaction with. */
+  #beginning(): TransactionOptions | undefined {
+    this.#dirty = this.#driver.resetSql !== '';
+    return mergeTransactionOptions(this.#options, this.#blockOptions);
+  }
+
+  #begunWith(options: TransactionOptions | undefined): void {
+    this.#current = options;
+    this.#inTransaction = true;
+  }
+
+  /** The session's connection, acquired on first use (or again, after it broke between transactions). */
+  async #connected(): Promise<PoolClient> {
     this.#assertOpen();
     let client = this.#client;
     // The connection died between transactions: nothing is lost, take a fresh one.
@@ -836,13 +911,6 @@ export class DbSession implements AsyncDisposable {
       this.#broken = false;
       // Cut off while waiting for the pool: run nothing; the session's end releases it at once.
       if (this.#cut !== undefined) throw this.#cut;
-    }
-    if (!this.#inTransaction) {
-      this.#dirty = this.#driver.resetSql !== '';
-      const options = mergeTransactionOptions(this.#options, this.#blockOptions);
-      await client.query(this.#driver.beginSql(options));
-      this.#current = options;
-      this.#inTransaction = true;
     }
     return client;
   }

@@ -7,9 +7,10 @@
 // fires after 1–2 ms), so the proxy does not use them: a second, tiny thread sleeps with
 // Atomics.wait() (sub-millisecond) until the earliest chunk is due and then wakes the proxy, which
 // writes every chunk that is due by then. Every chunk waits the same time, so one FIFO queue for
-// all connections is also ordered by due time: order within a connection is kept, and there is one
-// pending wake-up at a time however many chunks are queued, so the proxy adds no throughput limit
-// of its own. With a round trip of 0 it forwards at once (to measure what the hop itself costs).
+// all connections is also (near enough) ordered by due time; delivering only from its head keeps
+// the order within each connection, and there is one pending wake-up at a time however many
+// chunks are queued, so the proxy adds no throughput limit of its own. With a round trip of 0 it
+// forwards at once (to measure what the hop itself costs).
 import { once } from 'node:events';
 import { type AddressInfo, connect, createServer, type Socket } from 'node:net';
 import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads';
@@ -21,7 +22,7 @@ export interface ProxyTarget {
   readonly port: number;
 }
 
-/** What the proxy did, for the results: chunks forwarded and how late their delivery was. */
+/** What the proxy did, for the results: chunks forwarded and the one-way delays they got. */
 export interface ProxyStats {
   readonly connections: number;
   readonly chunks: number;

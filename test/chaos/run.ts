@@ -78,6 +78,8 @@ async function run(
       requests: count,
       concurrency: parallel,
       seed,
+      // A request may wait connectionTimeoutMillis for a connection: only past that is it a hang.
+      timeoutMs: connectionTimeoutMillis + 15_000,
       ...(shutdownAfter !== undefined && { shutdownAfter }),
     });
     console.log(`[${label}] ${formatReport(report)}`);

@@ -197,7 +197,11 @@ t.test('bad option values are refused where they are configured, naming the fix'
     [{ statementTimeout: -1 }, /statementTimeout must be a whole number of milliseconds/],
     [{ lockTimeout: 1.5 }, /lockTimeout must be a whole number/],
     [{ readOnly: 'yes' }, /readOnly must be true or false/],
-    [{ deferrable: true, isolationLevel: 'serializable' }, /deferrable only has an effect on a serializable read-only/],
+    [
+      { deferrable: true, isolationLevel: 'serializable', readOnly: false },
+      /deferrable only has an effect on a serializable read-only/,
+    ],
+    [{ deferrable: true, isolationLevel: 'repeatable read' }, /deferrable only has an effect/],
     ['serializable', /transaction options must be an object/],
   ];
   for (const [options, message] of bad) {

@@ -3,7 +3,7 @@ import { DbConnect } from './connect.js';
 import { type BeforeCommitCallback, DbSessionCtx, type FinishOptions, storage } from './context.js';
 import { ContextNotInitiatedError, InvalidOptionsError, SessionClosedError } from './errors.js';
 import type { DbSession } from './session.js';
-import { type TransactionOptions, validateTransactionOptions } from './transaction.js';
+import { mergeTransactionOptions, type TransactionOptions, validateTransactionOptions } from './transaction.js';
 
 // What the Fastify, Express and Koa adapters share: option checks, the request helpers, and the
 // request lifecycle (open or join a context, decide commit/rollback, abort). Each adapter only
@@ -122,7 +122,8 @@ export function routeTransactionOptions(options: TransactionOptions, where: stri
     if (ctx === undefined) {
       throw new ContextNotInitiatedError(`${where} (place it after the contextDb() middleware)`);
     }
-    ctx.setTransactionOptions(valid);
+    // Layered (a router's, then a route's): each adds its fields over what is set already.
+    ctx.setTransactionOptions(mergeTransactionOptions(ctx.transactionOptions, valid));
   };
 }
 

@@ -1,3 +1,4 @@
+import { AsyncLocalStorage } from 'node:async_hooks';
 import type { DbConnect } from './connect.js';
 import { type BeforeCommitCallback, DbSessionCtx as Ctx, type DbSessionCtx, storage } from './context.js';
 import { ContextNotInitiatedError, InvalidOptionsError, TransactionAlreadyOpenError } from './errors.js';
@@ -223,7 +224,7 @@ async function inTransaction<R>(session: DbSession, fn: (session: DbSession) => 
  */
 export async function onCommit(db: DbConnect, fn: TransactionHook): Promise<void> {
   requireFunction(fn, 'onCommit(db, fn)');
-  (await requireCtx('onCommit()').getSession(db)).onCommit(fn);
+  (await hookTarget(db, 'onCommit')).onCommit(fn);
 }
 
 /**
@@ -237,7 +238,34 @@ export async function onCommit(db: DbConnect, fn: TransactionHook): Promise<void
  */
 export async function onRollback(db: DbConnect, fn: TransactionHook): Promise<void> {
   requireFunction(fn, 'onRollback(db, fn)');
-  (await requireCtx('onRollback()').getSession(db)).onRollback(fn);
+  (await hookTarget(db, 'onRollback')).onRollback(fn);
+}
+
+// The newNonCtxSession calls the caller runs inside, innermost first, with the context of each.
+interface InsideNonCtx {
+  readonly db: DbConnect;
+  readonly ctx: DbSessionCtx | undefined;
+  readonly outer: InsideNonCtx | undefined;
+}
+const insideNonCtx = new AsyncLocalStorage<InsideNonCtx>();
+
+/**
+ * The context's session for a hook. Inside `newNonCtxSession(db, fn)` (same context), a hook
+ * for `db` would land on the context's session, not on the one `fn` works on, and run when the
+ * request commits even if `fn`'s work was rolled back: refused, naming `session.onCommit`.
+ */
+function hookTarget(db: DbConnect, kind: 'onCommit' | 'onRollback'): Promise<DbSession> {
+  const ctx = requireCtx(`${kind}()`);
+  for (let at = insideNonCtx.getStore(); at !== undefined; at = at.outer) {
+    if (at.db === db && at.ctx === ctx) {
+      throw new InvalidOptionsError(
+        `${kind}(db, fn) was called inside newNonCtxSession(db, …) / newNonCtxAtomicSession(db, …): it would ` +
+          "register on the context's session, not on the session those give you. Use session." +
+          `${kind}(fn) on that session.`,
+      );
+    }
+  }
+  return ctx.getSession(db);
 }
 
 /**
@@ -259,7 +287,7 @@ export async function newNonCtxSession<R>(db: DbConnect, fn: (session: DbSession
   const factory = ctx?.childFactory;
   const session = await (factory === undefined || ctx === undefined ? db.createSession() : factory(db, ctx));
   try {
-    return await fn(session);
+    return await insideNonCtx.run({ db, ctx, outer: insideNonCtx.getStore() }, () => fn(session));
   } finally {
     await session.close();
   }

@@ -139,6 +139,11 @@ export class DbSessionCtx {
     this.#transaction = valid;
   }
 
+  /** The transaction options set with `setTransactionOptions`, if any. */
+  get transactionOptions(): TransactionOptions | undefined {
+    return this.#transaction;
+  }
+
   /**
    * The context's session for `db`, created on first call (no connection is taken yet).
    *
@@ -228,7 +233,8 @@ export class DbSessionCtx {
   }
 
   /**
-   * Roll back every session's open transaction; never rejects.
+   * Roll back every session's open transaction; never rejects, except inside a nested atomic
+   * block, where rolling back would end the enclosing transaction (`NestedAtomicBlockError`).
    *
    * @example
    * ```ts

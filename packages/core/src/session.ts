@@ -107,11 +107,18 @@ interface Level {
   readonly savepoint: string | undefined;
   /** The block that opened the savepoint: hooks registered from inside it belong to it. */
   readonly token: object | undefined;
-  readonly onCommit: TransactionHook[];
-  readonly onRollback: TransactionHook[];
+  readonly onCommit: Registered[];
+  readonly onRollback: Registered[];
+}
+
+/** A hook and when it was registered: hooks run in that order, whichever level they ended in. */
+interface Registered {
+  readonly fn: TransactionHook;
+  readonly order: number;
 }
 
 let savepointCounter = 0;
+let hookCounter = 0;
 
 const reportHookError = (err: unknown, kind: string): void => {
   console.error(`context-db: an ${kind} hook threw; the transaction's outcome stands.`, err);
@@ -240,8 +247,12 @@ export class DbSession implements AsyncDisposable {
   // The statement that was running when the session was cut off rejects with the reason, not
   // with PostgreSQL's "canceling statement due to user request".
   readonly #cancelled = (err: unknown): never => {
+    // The last statement error of the transaction: what a COMMIT answered with ROLLBACK reports
+    // as its cause (so that a caught serialization failure still makes a retried block retry).
+    if (this.#inTransaction && !connectionLost(err)) this.#abortedBy = err;
     throw this.#cut !== undefined && (err as { code?: unknown } | null)?.code === '57014' ? this.#cut : err;
   };
+  #abortedBy: unknown;
 
   readonly #onClientError = (): void => {
     // A checked-out pg client that loses its backend emits 'error'; unhandled, that would crash
@@ -258,6 +269,11 @@ export class DbSession implements AsyncDisposable {
   /** True while a transaction is open on this session's connection. */
   get inTransaction(): boolean {
     return this.#inTransaction;
+  }
+
+  /** @internal The options the open transaction began with. */
+  get transactionOptions(): TransactionOptions | undefined {
+    return this.#current;
   }
 
   /** True once `close()` ran (directly or when the session's context finished). */
@@ -398,7 +414,7 @@ export class DbSession implements AsyncDisposable {
    * ```
    */
   onCommit(fn: TransactionHook): void {
-    this.#level(fn, 'onCommit').onCommit.push(fn);
+    this.#level(fn, 'onCommit').onCommit.push({ fn, order: ++hookCounter });
   }
 
   /**
@@ -411,7 +427,7 @@ export class DbSession implements AsyncDisposable {
    * ```
    */
   onRollback(fn: TransactionHook): void {
-    this.#level(fn, 'onRollback').onRollback.push(fn);
+    this.#level(fn, 'onRollback').onRollback.push({ fn, order: ++hookCounter });
   }
 
   /** The transaction level a hook registered by the caller belongs to: its innermost block's. */
@@ -443,8 +459,10 @@ export class DbSession implements AsyncDisposable {
       } catch (err) {
         try {
           this.hookErrors(err, hook.kind);
-        } catch {
-          // A logger that throws must not undo the outcome either.
+        } catch (failed) {
+          // A logger that throws must neither undo the outcome nor lose the hook's failure.
+          reportHookError(err, hook.kind);
+          reportHookError(failed, `${hook.kind} hook's error reporter`);
         }
       }
     }
@@ -472,7 +490,19 @@ export class DbSession implements AsyncDisposable {
     this.#due ??= [];
     const due = this.#due;
     const kind = committed ? 'onCommit' : 'onRollback';
-    for (const level of levels) for (const fn of level[kind]) due.push({ kind, fn });
+    const hooks = levels.flatMap((level) => level[kind]);
+    if (levels.length > 1) hooks.sort((a, b) => a.order - b.order);
+    for (const { fn } of hooks) due.push({ kind, fn });
+  }
+
+  /** Released savepoints' hooks go to the enclosing level, kept in registration order. */
+  #mergeInto(parent: Level, ended: readonly Level[]): void {
+    for (const level of ended) {
+      parent.onCommit.push(...level.onCommit);
+      parent.onRollback.push(...level.onRollback);
+    }
+    parent.onCommit.sort((a, b) => a.order - b.order);
+    parent.onRollback.sort((a, b) => a.order - b.order);
   }
 
   #openLevels(): Level[] {
@@ -524,13 +554,18 @@ export class DbSession implements AsyncDisposable {
    * before the session's context started finishing runs to its end.
    */
   async exclusive<R>(fn: (enclosed: boolean) => Promise<R>, nests = false): Promise<R> {
-    const holder = this.#block;
-    if (holder !== undefined && blocks.getStore()?.has(holder.token)) {
-      if (holder.atomic && !nests) throw new NestedAtomicBlockError();
-      // A nested block inside an atomic one, or a block inside a finishing context's beforeCommit.
-      return this.#hold(() => fn(holder.atomic), true);
+    const mine = blocks.getStore();
+    // Wait for blocks the caller is not inside; once the holder is one it is inside (the block a
+    // sibling nested block ran in, now back), nest in it.
+    for (let holder = this.#block; holder !== undefined; holder = this.#block) {
+      if (mine?.has(holder.token)) {
+        if (holder.atomic && !nests) throw new NestedAtomicBlockError();
+        // A nested block inside an atomic one, or a block inside a finishing context's beforeCommit.
+        const atomic = holder.atomic;
+        return this.#hold(() => fn(atomic), true);
+      }
+      await holder.ended;
     }
-    while (this.#block !== undefined) await this.#block.ended;
     if (this.#sealed) throw this.#sealedError();
     return this.#hold(() => fn(false), true);
   }
@@ -620,15 +655,14 @@ export class DbSession implements AsyncDisposable {
     if (release) {
       try {
         await client.query(`RELEASE SAVEPOINT ${name}`);
-        for (const level of ended) {
-          parent.onCommit.push(...level.onCommit);
-          parent.onRollback.push(...level.onRollback);
-        }
+        this.#mergeInto(parent, ended);
         return;
       } catch (err) {
         if (connectionLost(err)) {
+          // The transaction is gone with the connection: its end (a failed commit, a rollback)
+          // decides the hooks, and the session is out of the block, free to roll back.
           this.#broken = true;
-          levels.push(...ended); // the transaction is gone with them: its end decides
+          this.#mergeInto(parent, ended);
           throw err;
         }
         // A statement in the block failed and the block went on: its work cannot be kept.
@@ -641,6 +675,7 @@ export class DbSession implements AsyncDisposable {
       }
     }
     if (!this.#broken) await this.#send(client, `ROLLBACK TO SAVEPOINT ${name}; RELEASE SAVEPOINT ${name}`, false);
+    this.#abortedBy = undefined; // what failed in the block is undone with it
     this.#schedule(ended, false);
   }
 
@@ -891,6 +926,7 @@ export class DbSession implements AsyncDisposable {
   }
 
   #begunWith(options: TransactionOptions | undefined): void {
+    this.#abortedBy = undefined;
     this.#current = options;
     this.#inTransaction = true;
   }
@@ -959,6 +995,7 @@ export class DbSession implements AsyncDisposable {
     this.#transactionEnded(committed);
     if (!committed) {
       throw new CommitFailedError({
+        cause: this.#abortedBy,
         reason: 'an earlier statement failed and aborted the transaction, so PostgreSQL rolled it back',
       });
     }

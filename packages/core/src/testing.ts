@@ -2,7 +2,7 @@ import type { DbConnect } from './connect.js';
 import { DbSessionCtx, type SessionFactory, storage } from './context.js';
 import { ContextNotInitiatedError, SessionClosedError } from './errors.js';
 import { DbSession } from './session.js';
-import { resetLocalTimeouts, setLocalTimeouts } from './transaction.js';
+import { restoreLocalTimeouts, setLocalTimeouts } from './transaction.js';
 
 // How the helpers make a test behave like production inside one rolled-back transaction:
 // - the test's context (setTestContext) holds one session per database, the "base";
@@ -156,7 +156,8 @@ function savepointSession(db: DbConnect, base: DbSession, owner: DbSessionCtx, t
           // (and the timeouts) for the rest of the test's transaction.
           `SAVEPOINT ${name}_check; SET CONSTRAINTS ALL IMMEDIATE; ROLLBACK TO SAVEPOINT ${name}_check; ` +
           `RELEASE SAVEPOINT ${name}_check; RELEASE SAVEPOINT ${name}` +
-          (options === undefined ? '' : resetLocalTimeouts(options)),
+          // The enclosing transaction's own values: a SET LOCAL outlives a released savepoint.
+          (options === undefined ? '' : restoreLocalTimeouts(options, base.transactionOptions)),
     rollbackSql: () => rollbackTo,
     checkSql: `SAVEPOINT ${name}_check; SET CONSTRAINTS ALL IMMEDIATE; ROLLBACK TO SAVEPOINT ${name}_check; RELEASE SAVEPOINT ${name}_check`,
     resetSql: '',

@@ -65,14 +65,18 @@ export function validateTransactionOptions(options: unknown, where: string): Tra
     );
   }
   const record = options as Record<string, unknown>;
-  const result: Record<string, unknown> = {};
-  for (const [key, value] of Object.entries(record)) {
-    if (value === undefined) continue;
-    if (!KEYS.includes(key)) {
+  for (const key of Object.keys(record)) {
+    if (!KEYS.includes(key) && record[key] !== undefined) {
       throw new InvalidOptionsError(
         `${where}: unknown transaction option "${key}"; the options are ${KEYS.join(', ')}.`,
       );
     }
+  }
+  const result: Record<string, unknown> = {};
+  // Read by name, not by own keys: getters of a class and inherited fields count too.
+  for (const key of KEYS) {
+    const value = record[key];
+    if (value === undefined) continue;
     if (key === 'isolationLevel' && !LEVELS.includes(value as IsolationLevel)) {
       throw new InvalidOptionsError(
         `${where}: isolationLevel must be one of ${LEVELS.map((l) => `'${l}'`).join(', ')}, got ${JSON.stringify(value)}.`,
@@ -88,7 +92,12 @@ export function validateTransactionOptions(options: unknown, where: string): Tra
     }
     result[key] = value;
   }
-  if (result.deferrable === true && (result.isolationLevel !== 'serializable' || result.readOnly !== true)) {
+  // The level and access mode may come from the defaults these are merged over: only a
+  // contradiction within the same options is certain to be a mistake.
+  if (
+    result.deferrable === true &&
+    ((result.isolationLevel !== undefined && result.isolationLevel !== 'serializable') || result.readOnly === false)
+  ) {
     throw new InvalidOptionsError(
       `${where}: deferrable only has an effect on a serializable read-only transaction: ` +
         "pass { isolationLevel: 'serializable', readOnly: true, deferrable: true }, or drop deferrable.",
@@ -135,11 +144,14 @@ export function setLocalTimeouts(options: TransactionOptions): string {
   return sql;
 }
 
-/** `SET LOCAL … TO DEFAULT` for the timeouts that are set, each prefixed with `; `. */
-export function resetLocalTimeouts(options: TransactionOptions): string {
+/**
+ * `SET LOCAL` statements that put back, for each timeout `options` set, the value `outer` has
+ * (or the session's default), each prefixed with `; `.
+ */
+export function restoreLocalTimeouts(options: TransactionOptions, outer: TransactionOptions | undefined): string {
   let sql = '';
   for (const key of Object.keys(TIMEOUTS) as Timeout[]) {
-    if (options[key] !== undefined) sql += `; SET LOCAL ${TIMEOUTS[key]} TO DEFAULT`;
+    if (options[key] !== undefined) sql += `; SET LOCAL ${TIMEOUTS[key]} = ${outer?.[key] ?? 'DEFAULT'}`;
   }
   return sql;
 }

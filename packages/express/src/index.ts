@@ -601,7 +601,10 @@ export function noContextDb(): RequestHandler {
  */
 export function transactionOptions(options: TransactionOptions): RequestHandler {
   const apply = routeTransactionOptions(options, 'transactionOptions()');
-  return function transactionOptionsMiddleware(_req, _res, next) {
+  return function transactionOptionsMiddleware(req, _res, next) {
+    const scope = (req as ScopedRequest)[kScope];
+    // A request skip() or noContextDb() keeps outside has no transaction to set options for.
+    if (scope === SKIPPED || scope === OPTED_OUT) return next();
     try {
       apply();
     } catch (err) {

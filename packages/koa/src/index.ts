@@ -102,8 +102,9 @@ export function contextDb<StateT = DefaultState, ContextT = DefaultContext>(
     if (chain !== undefined) dispatched.add(ctx);
     // Not registered: a skipped request has no transaction for an inner install to join.
     if (skip?.(ctx)) return runBelow(ctx, chain, next, { scope: OUTSIDE });
-    // A throwing onCommit / onRollback hook goes where Koa reports errors (app.on('error')).
-    const rc = RequestCtx.open(options, (err) => ctx.app.emit('error', err, ctx));
+    // A throwing onCommit / onRollback hook goes where Koa reports errors (app.on('error')), as
+    // an Error of its own: Koa's default handler skips non-Errors, 404s and exposed errors.
+    const rc = RequestCtx.open(options, (err, kind) => ctx.app.emit('error', hookFailure(err, kind), ctx));
     const request: KoaRequest = { rc, scope: rc };
     requests.set(ctx, request);
     const { res } = ctx;
@@ -404,10 +405,18 @@ export function transactionOptions<StateT = DefaultState, ContextT = DefaultCont
   options: TransactionOptions,
 ): Middleware<StateT, ContextT> {
   const apply = routeTransactionOptions(options, 'transactionOptions()');
-  return function transactionOptionsMiddleware(_ctx, next) {
-    apply();
+  return function transactionOptionsMiddleware(ctx, next) {
+    // A request skip() or noContextDb() keeps outside has no transaction to set options for.
+    const request = requests.get(ctx);
+    const outside = request === undefined ? dispatched.has(ctx) : request.scope === OUTSIDE;
+    if (!outside) apply();
     return next();
   };
+}
+
+function hookFailure(err: unknown, kind: string): Error {
+  const message = err instanceof Error ? err.message : String(err);
+  return new Error(`context-db: an ${kind} hook threw (the transaction's outcome stands): ${message}`, { cause: err });
 }
 
 // Marks the request too: contextDb()'s dispatch of the app's chain would otherwise re-enter the

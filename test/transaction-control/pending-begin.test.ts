@@ -1,4 +1,4 @@
-// Review of issue #12: an atomic block decided whether a transaction is open from
+// Transaction control (issue #12), from its review; every failure described here failed before its fix: an atomic block decided whether a transaction is open from
 // session.inTransaction, which turns true only once BEGIN has answered. A sibling's query already
 // queued (its BEGIN in flight, or waiting for a pool connection) was therefore not seen: the
 // block's options were applied to the sibling's BEGIN, and a 'nested' block became the owner of

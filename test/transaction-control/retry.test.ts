@@ -1,4 +1,4 @@
-// Review of issue #12 retries. "Re-runs fn ... when the transaction fails with SQLSTATE 40001 or
+// Transaction control (issue #12), from its review; every failure described here failed before its fix retries. "Re-runs fn ... when the transaction fails with SQLSTATE 40001 or
 // 40P01, including at COMMIT." When fn catches the 40001 of a statement and goes on (a
 // best-effort write in try/catch, an ORM that logs and continues), PostgreSQL answers the COMMIT
 // of the aborted transaction with ROLLBACK; the CommitFailedError built for that carries no cause,

@@ -1,4 +1,4 @@
-// Review of issue #12: "a hook that throws is logged through the framework's logger". Koa's
+// Transaction control (issue #12), from its review; every failure described here failed before its fix: "a hook that throws is logged through the framework's logger". Koa's
 // adapter reports it with app.emit('error', err, ctx); Koa's default handler (app.onerror)
 // throws a TypeError for a non-Error value and returns silently for an error with `expose` or a
 // 404 `status` (what HTTP-client errors such as axios's carry when the upstream answered 404).

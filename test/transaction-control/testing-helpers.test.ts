@@ -1,4 +1,4 @@
-// Review of issue #12 with the testing helpers: inside a test's transaction a request's
+// Transaction control (issue #12), from its review; every failure described here failed before its fix with the testing helpers: inside a test's transaction a request's
 // transaction is a savepoint, so its options must apply to that savepoint only and leave the
 // rest of the test's transaction as it was.
 import { atomicDbSession, type DbSession, dbSession } from '@context-db/core';

@@ -1,4 +1,4 @@
-// Review of issue #12 option validation. Holes: options read from a prototype (a class with
+// Transaction control (issue #12), from its review; every failure described here failed before its fix option validation. Holes: options read from a prototype (a class with
 // getters, Object.create) are silently dropped, so a "read-only" configuration runs read-write;
 // `deferrable` is refused when the serializable read-only transaction it needs comes from the
 // DbConnect's defaults merged with the block's own fields. What held is checked at the end.

@@ -1,4 +1,4 @@
-// Review of issue #12 (nested atomic blocks): two nested blocks started concurrently inside one
+// Transaction control (issue #12), from its review; every failure described here failed before its fix (nested atomic blocks): two nested blocks started concurrently inside one
 // enclosing block. AtomicOptions promises "Blocks started concurrently on one session run one
 // after the other", so Promise.all of two nested blocks must finish, each in its own savepoint.
 // Today the second waits for the first to end and then for the enclosing block to end, which
@@ -7,7 +7,7 @@
 import { atomicDbSession, DbSessionCtx, dbSession, onCommit } from '@context-db/core';
 import t, { type Test } from 'tap';
 import { checkedOut, createTable, testDb, texts } from '../fixtures/db.js';
-import { hangSafeDb, type Outcome, settlesWithin } from './hang.js';
+import { hangSafeDb, type Outcome, settlesWithin } from '../fixtures/hang.js';
 
 const nested = { currentTransaction: 'nested' } as const;
 

@@ -1,4 +1,4 @@
-// Review of issue #12: when the connection is lost between a nested block's last statement and
+// Transaction control (issue #12), from its review; every failure described here failed before its fix: when the connection is lost between a nested block's last statement and
 // its RELEASE, endSavepoint puts the block's levels back ("the transaction is gone with them")
 // and leaves #inTransaction set. From then on the session believes it is still inside a nested
 // block: rollback() (documented to "not reject ... for a lost connection", the next query taking

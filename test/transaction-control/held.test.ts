@@ -1,4 +1,4 @@
-// Review of issue #12: things checked that held. Kept as regression tests next to the failing
+// Transaction control (issue #12), from its review; every failure described here failed before its fix: things checked that held. Kept as regression tests next to the failing
 // reproductions in this folder.
 import http from 'node:http';
 import {

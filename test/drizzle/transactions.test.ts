@@ -185,9 +185,9 @@ test('transaction config: applied when the transaction begins, refused inside an
     await t.rejects(late, TransactionAlreadyOpenError);
     await t.rejects(late, { message: /transaction config.*BEGIN/ });
     await t.rejects(
-      orm.transaction(async () => {}, { deferrable: true }),
+      orm.transaction(async () => {}, { isolationLevel: 'read committed', deferrable: true }),
       InvalidOptionsError,
-      'deferrable alone is refused by core',
+      'contradicting options are refused by core before anything is sent',
     );
   });
   t.same(await texts(table), ['opened']);

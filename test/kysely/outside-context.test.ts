@@ -4,9 +4,10 @@
 import { ContextNotInitiatedError, runInNewCtx } from '@context-db/core';
 import { ContextDbDialect } from '@context-db/kysely';
 import { type Generated, Kysely, sql } from 'kysely';
+import { type Migration, Migrator } from 'kysely/migration';
 import t from 'tap';
 import { checkedTests } from '../fixtures/builders.js';
-import { admin, checkedOut, createTable, eventually, testDb, texts } from '../fixtures/db.js';
+import { admin, checkedOut, createTable, eventually, testDb, texts, uniqueName } from '../fixtures/db.js';
 
 interface Database {
   [table: string]: { id: Generated<number>; text: string };
@@ -111,4 +112,34 @@ test('kdb.destroy() does not end the DbConnect', async (t) => {
   t.equal(db.pool().ending, false, "the DbConnect's pool is not ending");
   const { rows } = await admin.query('SELECT 1 AS one');
   t.same(rows, [{ one: 1 }]);
+});
+
+test("Kysely's Migrator runs on outsideContext: 'pool', each migration in its transaction", async (t) => {
+  const migrationTableSchema = uniqueName('kysely_migrations');
+  const created = uniqueName('migrated');
+  t.teardown(() =>
+    admin.query(`DROP SCHEMA IF EXISTS ${migrationTableSchema} CASCADE; DROP TABLE IF EXISTS ${created}`),
+  );
+  const migrations: Record<string, Migration> = {
+    '0001_init': {
+      up: (on) =>
+        on.schema
+          .createTable(created)
+          .addColumn('id', 'serial', (c) => c.primaryKey())
+          .execute(),
+    },
+  };
+  const migrator = new Migrator({
+    db: scripts,
+    provider: { getMigrations: async () => migrations },
+    migrationTableSchema,
+  });
+  const first = await migrator.migrateToLatest();
+  t.equal(first.error, undefined);
+  t.same(
+    first.results?.map((r) => [r.migrationName, r.status]),
+    [['0001_init', 'Success']],
+  );
+  t.same((await migrator.migrateToLatest()).results, [], 'applied once');
+  await admin.query(`SELECT * FROM ${created}`);
 });

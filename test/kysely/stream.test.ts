@@ -111,3 +111,15 @@ test('a failing stream rolls the context back like any failing query', async (t)
   await t.rejects(failed, { code: '22012' });
   t.notOk((await texts(table)).includes('rolled-back'));
 });
+
+test('breaking out after a failed statement in the loop body leaves the transaction to fail at its end', async (t) => {
+  const table = await tableOf(t, 3);
+  const ended = runInNewCtx(async () => {
+    for await (const _ of kdb.selectFrom(table).select('text').stream(1)) {
+      await t.rejects(sql`SELECT 1 / 0`.execute(kdb), { code: '22012' }, 'the failure is caught by the body');
+      break; // closing the cursor of an aborted transaction must not throw a second error here
+    }
+    return 'broke out';
+  });
+  await t.rejects(ended, { name: 'CommitFailedError' }, "the context's COMMIT reports the aborted transaction");
+});

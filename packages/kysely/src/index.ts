@@ -237,9 +237,14 @@ class SessionConnection implements DatabaseConnection {
       // it. Otherwise close it (the consumer may stop early) unless a rollback to a savepoint
       // already did: a CLOSE of a missing cursor would abort the transaction.
       if (!failed && session.inTransaction) {
-        await session.query(
-          `DO $$BEGIN IF EXISTS (SELECT FROM pg_cursors WHERE name = '${name}') THEN EXECUTE 'CLOSE ${name}'; END IF; END$$`,
-        );
+        await session
+          .query(
+            `DO $$BEGIN IF EXISTS (SELECT FROM pg_cursors WHERE name = '${name}') THEN EXECUTE 'CLOSE ${name}'; END IF; END$$`,
+          )
+          .catch((err: unknown) => {
+            // Aborted by a failed statement of the consumer's: the cursor goes with the transaction.
+            if ((err as { code?: unknown } | null)?.code !== '25P02') throw err;
+          });
         await this.#autocommit();
       }
     }

@@ -10,7 +10,7 @@ import { deferred, listen, majors, request, sleep } from '../fixtures/express.js
 
 t.test('contextDb() checks its options when the app is set up', async (t) => {
   const { db } = testDb(t);
-  t.throws(() => contextDb({} as never), InvalidOptionsError);
+  t.throws(() => contextDb({ db: 'postgres://x' } as never), InvalidOptionsError);
   t.throws(() => contextDb({ db, skip: true } as never), { message: /options\.skip must be a function/ });
 });
 

@@ -112,7 +112,7 @@ t.test('skip(ctx) runs the request without a context; ctx.db is still there', as
 
 t.test('options are checked when the middleware is made, not on the first request', async (t) => {
   const { db } = testDb(t);
-  t.throws(() => contextDb(undefined as never), InvalidOptionsError);
+  t.throws(() => contextDb('postgres://x' as never), InvalidOptionsError);
   t.throws(() => contextDb({ db: 'postgres://x' as never }), { name: 'InvalidOptionsError', message: /options\.db/ });
   t.throws(() => contextDb({ db, skip: true as never }), { message: /options\.skip must be a function/ });
   t.throws(() => contextDb({ db, commitOn: 400 as never }), { message: /options\.commitOn/ });

@@ -11,8 +11,12 @@ import { mergeTransactionOptions, type TransactionOptions, validateTransactionOp
 
 /** Options every adapter takes. */
 export interface ContextDbOptions {
-  /** The default database for the request helpers (`request.db`, `req.db`, `ctx.db`). */
-  readonly db: DbConnect;
+  /**
+   * The default database of the request helpers (`request.db.session()`, …). Optional: every
+   * session a request makes is committed or rolled back, whatever `DbConnect` it came from, and
+   * the helpers also take a database explicitly (`request.db.session(otherDb)`).
+   */
+  readonly db?: DbConnect | undefined;
   /** Awaited before each session with an open transaction is committed. */
   readonly beforeCommit?: BeforeCommitCallback;
   /** Which final status codes commit; default `statusCode < 400`. */
@@ -39,13 +43,14 @@ export function validateContextDbOptions(
   where: string,
   extraFunctions: readonly string[] = [],
 ): asserts options is ContextDbOptions {
+  if (options === undefined) return;
   if (typeof options !== 'object' || options === null) {
     throw new InvalidOptionsError(
-      `${where} needs options: { db } with db a DbConnect, e.g. { db: new DbConnect({ connectionString }) }.`,
+      `${where} takes an options object (all optional), e.g. { db: new DbConnect({ connectionString }) }, got ${describe(options)}.`,
     );
   }
   const record = options as Record<string, unknown>;
-  if (!(record.db instanceof DbConnect) && !isDbConnectLike(record.db)) {
+  if (record.db !== undefined && !(record.db instanceof DbConnect) && !isDbConnectLike(record.db)) {
     throw new InvalidOptionsError(
       `${where}: options.db must be a DbConnect (new DbConnect({ connectionString: process.env.DATABASE_URL })), got ${describe(record.db)}.`,
     );
@@ -74,17 +79,28 @@ function describe(value: unknown): string {
   return typeof value;
 }
 
-/** The route helpers an adapter puts on each request, bound to its `db`. */
+/**
+ * The route helpers an adapter puts on each request. Each works on the adapter's `db`, or on the
+ * database given as its first argument.
+ */
 export interface DbHelpers {
-  /** The request context's session for the adapter's `db` (`dbSession(db)`). */
-  session(): Promise<DbSession>;
+  /** The request context's session for `db` (default: the adapter's): `dbSession(db)`. */
+  session(db?: DbConnect): Promise<DbSession>;
   /** `runInNewCtx(fn, ...args)`: concurrent work in an independent context and connection. */
   runInNewCtx: typeof runInNewCtx;
   /** `newNonCtxSession(db, fn)`: a session of its own that `fn` commits itself. */
   newSession<R>(fn: (session: DbSession) => Promise<R> | R): Promise<R>;
+  newSession<R>(db: DbConnect, fn: (session: DbSession) => Promise<R> | R): Promise<R>;
   /** `newNonCtxAtomicSession(db, fn, options)`: a session of its own, committed when `fn` returns. */
   newAtomicSession<R>(fn: (session: DbSession) => Promise<R> | R, options?: NewTransactionOptions): Promise<R>;
+  newAtomicSession<R>(
+    db: DbConnect,
+    fn: (session: DbSession) => Promise<R> | R,
+    options?: NewTransactionOptions,
+  ): Promise<R>;
 }
+
+type Work<R> = (session: DbSession) => Promise<R> | R;
 
 /**
  * The route helpers for `db`. They hold no per-request state (the context comes from
@@ -96,13 +112,40 @@ export interface DbHelpers {
  * await helpers.newAtomicSession((s) => s.query('INSERT INTO audit DEFAULT VALUES'));
  * ```
  */
-export function createDbHelpers(db: DbConnect): DbHelpers {
-  return {
-    session: () => dbSession(db),
-    runInNewCtx,
-    newSession: (fn) => newNonCtxSession(db, fn),
-    newAtomicSession: (fn, options) => newNonCtxAtomicSession(db, fn, options),
+export function createDbHelpers(db?: DbConnect): DbHelpers {
+  const which = (given: DbConnect | undefined, helper: string): DbConnect => {
+    const target = given ?? db;
+    if (target === undefined) {
+      throw new InvalidOptionsError(
+        `db.${helper}() needs a database: pass one (db.${helper}(myDb${helper === 'session' ? '' : ', fn'})), or install ` +
+          'the adapter with a default, e.g. contextDb({ db }) / app.register(contextDbPlugin, { db }).',
+      );
+    }
+    return target;
   };
+  // The database first, or only the function: (fn, options?) or (db, fn, options?).
+  const split = <R>(args: unknown[]): [DbConnect | undefined, Work<R>, NewTransactionOptions | undefined] =>
+    typeof args[0] === 'function'
+      ? [undefined, args[0] as Work<R>, args[1] as NewTransactionOptions | undefined]
+      : [args[0] as DbConnect, args[1] as Work<R>, args[2] as NewTransactionOptions | undefined];
+  return {
+    session: (given) => {
+      try {
+        return dbSession(which(given, 'session'));
+      } catch (err) {
+        return Promise.reject(err);
+      }
+    },
+    runInNewCtx,
+    newSession: async <R>(...args: unknown[]) => {
+      const [given, fn] = split<R>(args);
+      return newNonCtxSession(which(given, 'newSession'), fn);
+    },
+    newAtomicSession: async <R>(...args: unknown[]) => {
+      const [given, fn, options] = split<R>(args);
+      return newNonCtxAtomicSession(which(given, 'newAtomicSession'), fn, options);
+    },
+  } as DbHelpers;
 }
 
 /**

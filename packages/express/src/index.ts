@@ -530,7 +530,7 @@ function paramInRequestScope(fn: HandleParam): HandleParam {
  * });
  * ```
  */
-export function contextDb(options: ContextDbExpressOptions): RequestHandler {
+export function contextDb(options: ContextDbExpressOptions = {}): RequestHandler {
   validateContextDbOptions(options, 'contextDb()', ['skip']);
   const helpers = createDbHelpers(options.db);
   return function contextDbMiddleware(req, res, next) {

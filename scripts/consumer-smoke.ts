@@ -60,16 +60,16 @@ if (databaseUrl === undefined) {
   process.exit(2);
 }
 
-/** Runs a step, printing `ok`/`not ok` and, on failure, the command's output. */
+/** Runs a step, printing `ok`/`not ok`; its stdout, or on failure an error with all it printed. */
 async function step(app: App, what: string, command: string, args: string[], cwd: string): Promise<string> {
   try {
-    const { stdout, stderr } = await run(command, args, {
+    const { stdout } = await run(command, args, {
       cwd,
       env: { ...process.env, DATABASE_URL: databaseUrl, NO_COLOR: '1' },
       maxBuffer: 16 * 1024 * 1024,
     });
     console.log(`ok ${app.name}: ${what}`);
-    return stdout + stderr;
+    return stdout;
   } catch (err) {
     const { stdout = '', stderr = '' } = err as { stdout?: string; stderr?: string };
     throw new Error(`not ok ${app.name}: ${what}\n${stdout}${stderr}`);

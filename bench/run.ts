@@ -4,16 +4,13 @@
 // same to bench/results/latest.json. Run it with `pnpm bench` (which builds the packages and
 // finds or starts a PostgreSQL, as the tests do); see bench/README.md. With --latency, every
 // server reaches PostgreSQL through a proxy that adds that round-trip time (latency-proxy.ts).
-import { type ChildProcess, fork } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { once } from 'node:events';
-import { mkdir, rm, writeFile } from 'node:fs/promises';
+import { mkdir, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import { dirname, join, relative } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import autocannon from 'autocannon';
 import pg from 'pg';
 import {
   type LatencyProxy,
@@ -24,7 +21,7 @@ import {
   targetOf,
   throughProxy,
 } from './latency-proxy.js';
-import type { ToChild, ToParent } from './server.js';
+import { type Child, load, median, type Sample, serverEnv, startServer, stopServer, table } from './measure.js';
 import {
   type Comparison,
   comparisonsFor,
@@ -32,7 +29,6 @@ import {
   type Framework,
   type Measured,
   measurementsFor,
-  REQUESTS,
   ROUTES,
   type Route,
   type ServerName,
@@ -137,113 +133,6 @@ function parseOptions(argv: string[]): Options {
   };
 }
 
-// --- server children ---------------------------------------------------------------------------
-
-interface Child {
-  readonly name: ServerName;
-  readonly port: number;
-  readonly process: ChildProcess;
-}
-
-const children = new Set<ChildProcess>();
-process.on('exit', () => {
-  for (const child of children) child.kill('SIGKILL');
-});
-
-async function startServer(name: ServerName, env: NodeJS.ProcessEnv, options: Options): Promise<Child> {
-  // One directory per server: tsx's loader thread writes a profile of its own next to the main
-  // thread's (the larger file).
-  const profileDir = join(PROFILE_DIR, name);
-  if (options.profile) await rm(profileDir, { recursive: true, force: true });
-  const profileArgs = options.profile ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : [];
-  const child = fork(join(BENCH_DIR, 'server.ts'), [name], {
-    execArgv: ['--import', 'tsx', ...profileArgs],
-    env,
-    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
-  });
-  children.add(child);
-  child.once('exit', () => children.delete(child));
-  const port = await new Promise<number>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`${name} did not start within 30 s`)), 30_000);
-    child.once('exit', (code) => {
-      clearTimeout(timer);
-      reject(new Error(`${name} exited with code ${code} before listening`));
-    });
-    child.once('message', (message: ToParent) => {
-      if (message.type !== 'listening') return;
-      clearTimeout(timer);
-      resolve(message.port);
-    });
-  });
-  return { name, port, process: child };
-}
-
-/** The CPU time (user + system, µs) the server process has used so far. */
-async function cpuMicros(child: Child): Promise<number> {
-  const reply = new Promise<number>((resolve, reject) => {
-    const onExit = (): void => reject(new Error(`${child.name} exited`));
-    const onMessage = (message: ToParent): void => {
-      if (message.type !== 'cpu') return;
-      child.process.off('message', onMessage).off('exit', onExit);
-      resolve(message.micros);
-    };
-    child.process.on('message', onMessage).once('exit', onExit);
-  });
-  child.process.send({ type: 'cpu' } satisfies ToChild);
-  return reply;
-}
-
-async function stopServer(child: Child): Promise<void> {
-  if (child.process.exitCode !== null) return;
-  const exited = once(child.process, 'exit');
-  child.process.send({ type: 'stop' } satisfies ToChild);
-  const timer = setTimeout(() => child.process.kill('SIGKILL'), 10_000);
-  await exited;
-  clearTimeout(timer);
-}
-
-// --- measurements ------------------------------------------------------------------------------
-
-interface Sample {
-  readonly reqPerSec: number;
-  /** The server's CPU time (user + system) per completed request: steadier than req/s on a busy machine. */
-  readonly cpuMicrosPerRequest: number;
-  readonly p50: number;
-  readonly p99: number;
-  readonly completed: number;
-  readonly errors: number;
-  readonly non2xx: number;
-}
-
-async function load(child: Child, route: Route, duration: number, connections: number): Promise<Sample> {
-  const { method, path, body } = REQUESTS[route];
-  const cpuBefore = await cpuMicros(child);
-  const result = await autocannon({
-    url: `http://127.0.0.1:${child.port}${path}`,
-    method,
-    ...(body !== undefined && { body, headers: { 'content-type': 'application/json' } }),
-    connections,
-    duration,
-  });
-  const cpu = (await cpuMicros(child)) - cpuBefore;
-  return {
-    reqPerSec: result.requests.total / result.duration,
-    cpuMicrosPerRequest: cpu / Math.max(result.requests.total, 1),
-    p50: result.latency.p50,
-    p99: result.latency.p99,
-    completed: result.requests.total,
-    errors: result.errors,
-    non2xx: result.non2xx,
-  };
-}
-
-function median(values: readonly number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  const middle = Math.floor(sorted.length / 2);
-  const upper = sorted[middle] ?? Number.NaN;
-  return sorted.length % 2 === 1 ? upper : ((sorted[middle - 1] ?? Number.NaN) + upper) / 2;
-}
-
 const key = ({ server, route }: Measured): string => `${server} ${route}`;
 
 interface MeasuredResult {
@@ -296,7 +185,8 @@ async function benchFramework(
 ): Promise<void> {
   const servers = new Map<ServerName, Child>();
   try {
-    for (const name of serversFor(framework)) servers.set(name, await startServer(name, env, options));
+    for (const name of serversFor(framework))
+      servers.set(name, await startServer(name, env, options.profile ? join(PROFILE_DIR, name) : undefined));
     const measurements = measurementsFor(framework).filter((m) => options.routes.includes(m.route));
     const serverOf = (name: ServerName): Child => {
       const child = servers.get(name);
@@ -386,19 +276,6 @@ function log(line: string): void {
   console.error(line);
 }
 
-function table(
-  header: readonly string[],
-  rows: readonly (readonly string[])[],
-  rightAligned: readonly number[],
-): string {
-  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((row) => (row[i] ?? '').length)));
-  const cell = (text: string, i: number): string =>
-    rightAligned.includes(i) ? text.padStart(widths[i] ?? 0) : text.padEnd(widths[i] ?? 0);
-  const line = (cells: readonly string[]): string => `| ${cells.map(cell).join(' | ')} |`;
-  const rule = `|${widths.map((w, i) => (rightAligned.includes(i) ? `${'-'.repeat(w + 1)}:` : '-'.repeat(w + 2))).join('|')}|`;
-  return [line(header), rule, ...rows.map(line)].join('\n');
-}
-
 const ms = (value: number): string => (Number.isInteger(value) ? String(value) : value.toFixed(2));
 
 function render(summary: ReturnType<typeof summarise>): string {
@@ -480,16 +357,8 @@ async function main(): Promise<number> {
   await admin.query(`CREATE TABLE ${table} (id serial PRIMARY KEY, text text NOT NULL)`);
   const latency = options.latency === null ? undefined : await startLatency(databaseUrl, options.latency);
   if (latency !== undefined) log(describeLatency(latency, undefined));
-  const env: NodeJS.ProcessEnv = {
-    ...process.env,
-    DATABASE_URL: latency === undefined ? databaseUrl : throughProxy(databaseUrl, latency.proxy.port),
-    NODE_ENV: 'production',
-    BENCH_TABLE: table,
-    BENCH_POOL_MAX: String(options.pool),
-    // The servers load @context-db/* from the packages' built dist/, as users do: the root
-    // tsconfig maps them to their sources (for type-checking), and tsx would follow that.
-    TSX_TSCONFIG_PATH: join(ROOT, 'tsconfig.base.json'),
-  };
+  const serverUrl = latency === undefined ? databaseUrl : throughProxy(databaseUrl, latency.proxy.port);
+  const env = serverEnv(serverUrl, table, options.pool);
   const loadBefore = os.loadavg();
   const samples = new Map<string, Sample[]>();
   const tally: Tally = { served: new Map(), insertsAnswered: 0 };

@@ -104,3 +104,50 @@ t.test('the connectionString shorthand puts host into the URL, host:port include
   t.equal(pool.options.connectionString, 'postgres://u@127.0.0.1:6543/app');
   await db.close();
 });
+
+/** A DbConnect on two "hosts": each pool's application_name is its host (one real server behind both). */
+function twoHosts(t: { teardown(fn: () => unknown): void }) {
+  const hostA = uniqueName('host_a');
+  const hostB = uniqueName('host_b');
+  const db = new DbConnect({
+    host: hostA,
+    createPool: (host) => new pg.Pool({ connectionString: DATABASE_URL, application_name: host, max: 2 }),
+  });
+  t.teardown(() => db.close());
+  return { db, hostA, hostB };
+}
+
+t.test('changeHost: a session that committed early takes its next transaction from the new host', async (t) => {
+  // After a failover the old primary may still accept connections (as a demoted replica, or
+  // split-brained): a request that committed early must not write its next transaction there.
+  const { db, hostA, hostB } = twoHosts(t);
+  const ctx = new DbSessionCtx();
+  const hosts = await ctx.run(async () => {
+    const session = await dbSession(db);
+    const app = "SELECT current_setting('application_name') AS app";
+    const before = (await session.query<{ app: string }>(app)).rows[0]?.app;
+    await session.commit();
+    const ended = db.changeHost(hostB);
+    const after = (await session.query<{ app: string }>(app)).rows[0]?.app;
+    return { before, after, ended };
+  });
+  await ctx.finish({ statusCode: 200 });
+  t.same([hosts.before, hosts.after], [hostA, hostB], 'the second transaction ran on the new host');
+  await hosts.ended;
+  t.equal(await connectionsOf(hostA), 0, 'the old pool ended: the session gave its connection back when it moved');
+});
+
+t.test('changeHost: a session in the middle of a transaction keeps its connection until it ends', async (t) => {
+  const { db, hostB } = twoHosts(t);
+  const session = await db.createSession();
+  const app = "SELECT current_setting('application_name') AS app, txid_current() AS tx";
+  const first = (await session.query<{ app: string; tx: string }>(app)).rows[0];
+  const ended = db.changeHost(hostB);
+  const second = (await session.query<{ app: string; tx: string }>(app)).rows[0];
+  t.same(second, first, 'same host, same transaction: a transaction is never split across connections');
+  await session.commit();
+  const third = (await session.query<{ app: string }>(app)).rows[0]?.app;
+  t.equal(third, hostB, 'the next transaction moved');
+  await session.close();
+  await ended;
+});

@@ -162,9 +162,12 @@ function unavailable(err: unknown, pool: Pool): unknown {
   return err;
 }
 
-/** A session waiting for a connection from `pool`: moved to the next pool, or failed, by `changeHost` / `close`. */
+/**
+ * A session waiting for a connection from `pool`: moved to the next pool by `changeHost`, failed
+ * by `close`, or withdrawn by its session when that is cut off (an abort, a deadline).
+ */
 interface Waiter {
-  readonly pool: Pool;
+  pool: Pool;
   resolve(client: PoolClient): void;
   reject(err: unknown): void;
 }
@@ -191,12 +194,16 @@ export class DbConnect {
   #host: string | undefined;
   #pool: Pool | undefined;
   #closed = false;
-  // pg-pool's end() never serves its waiting queue: a waiter would wait out its whole
-  // connectionTimeoutMillis and fail with a raw timeout. So the waiters are known here.
-  readonly #waiters = new Set<Waiter>();
+  // pg-pool's end() never serves its waiting queue, and a pool.connect() cannot be called off: a
+  // waiter would wait out its whole connectionTimeoutMillis. So the waiters are known here, by
+  // the promise their session awaits.
+  readonly #waiters = new Map<Promise<PoolClient>, Waiter>();
   // Sessions take connections from whatever the pool is when they first query (after a
   // changeHost, the new one), so one driver serves them all.
   readonly #driver: SessionDriver;
+  // Bumped by changeHost: a session whose connection came from an earlier pool moves to the
+  // current one at its next transaction.
+  readonly #hosts = { generation: 0 };
 
   constructor(options: DbConnectOptions) {
     validate(options);
@@ -204,8 +211,21 @@ export class DbConnect {
     this.#host = options.host;
     this.#beforeCreateSession = options.beforeCreateSession;
     this.#onPoolError = options.onPoolError ?? warnPoolError;
+    const hosts = this.#hosts;
     this.#driver = {
       acquire: () => this.#acquire(),
+      get host() {
+        return hosts.generation;
+      },
+      withdraw: (pending, reason) => {
+        const waiter = this.#waiters.get(pending);
+        // Not queued behind a full pool: the connection is on its way (an idle one handed over, a
+        // new one opening), and the session's end releases it unused as soon as it comes, before
+        // abort() resolves. Only a wait that lasts until another session releases is cut short.
+        if (waiter === undefined || waiter.pool.waitingCount === 0) return;
+        this.#waiters.delete(pending);
+        waiter.reject(reason);
+      },
       release: (client, destroy) => poolScope.runInAsyncScope(() => client.release(destroy)),
       defaults:
         options.transaction === undefined
@@ -221,31 +241,31 @@ export class DbConnect {
 
   #acquire(): Promise<PoolClient> {
     const pool = this.pool();
-    return new Promise<PoolClient>((resolve, reject) => {
-      const waiter: Waiter = { pool, resolve, reject };
-      this.#waiters.add(waiter);
-      poolScope
-        .runInAsyncScope(() => pool.connect())
-        .then(
-          (client) => {
-            if (this.#waiters.delete(waiter)) resolve(client);
-            // Moved on meanwhile: back to its ending pool, which closes it.
-            else poolScope.runInAsyncScope(() => client.release());
-          },
-          (err: unknown) => {
-            if (this.#waiters.delete(waiter)) reject(unavailable(err, pool));
-          },
-        );
+    let waiter!: Waiter;
+    const pending = new Promise<PoolClient>((resolve, reject) => {
+      waiter = { pool, resolve, reject };
     });
+    this.#waiters.set(pending, waiter);
+    this.#connect(pending, waiter);
+    return pending;
   }
 
-  /** Settle every session still waiting for a connection from `pool` (any pool when undefined). */
-  #redirectWaiters(pool: Pool | undefined, settle: (waiter: Waiter) => void): void {
-    for (const waiter of this.#waiters) {
-      if (pool !== undefined && waiter.pool !== pool) continue;
-      this.#waiters.delete(waiter);
-      settle(waiter);
-    }
+  // One attempt from the waiter's pool, in the pool's async scope. A connection that comes after
+  // the waiter was settled or moved on (it is no longer waiting on this pool) goes straight back.
+  #connect(pending: Promise<PoolClient>, waiter: Waiter): void {
+    const pool = waiter.pool;
+    poolScope
+      .runInAsyncScope(() => pool.connect())
+      .then(
+        (client) => {
+          if (waiter.pool === pool && this.#waiters.delete(pending)) waiter.resolve(client);
+          // Back to its pool, which hands it to the next waiter (or, ending, closes it).
+          else poolScope.runInAsyncScope(() => client.release());
+        },
+        (err: unknown) => {
+          if (waiter.pool === pool && this.#waiters.delete(pending)) waiter.reject(unavailable(err, pool));
+        },
+      );
   }
 
   /** The host new pools are built for. */
@@ -306,8 +326,11 @@ export class DbConnect {
   /**
    * Point new sessions at another host: the next connection comes from a pool built by
    * `createPool(host)`, and sessions still waiting for one of the old pool's get theirs from the
-   * new pool at once. The old pool is ended once the sessions still holding its connections
-   * close; the returned promise resolves then, so do not await it while holding a session.
+   * new pool at once, and a session holding an old connection between transactions (it
+   * committed early) takes its next transaction's connection from the new pool (session-level
+   * state such as `SET` or temporary tables stays behind). The old pool is ended once the
+   * sessions still holding its connections close or move; the returned promise resolves then,
+   * so do not await it while holding a session.
    *
    * @example
    * ```ts
@@ -323,17 +346,19 @@ export class DbConnect {
     const old = this.#pool;
     this.#host = host;
     this.#pool = undefined;
+    this.#hosts.generation++;
     if (old !== undefined) {
-      this.#redirectWaiters(old, (waiter) => {
-        // From the new pool, in the pool's async scope, like every acquire.
-        let next: Promise<PoolClient>;
+      for (const [pending, waiter] of this.#waiters) {
+        if (waiter.pool !== old) continue;
         try {
-          next = this.#acquire();
+          waiter.pool = this.pool();
         } catch (err) {
-          next = Promise.reject(err);
+          this.#waiters.delete(pending);
+          waiter.reject(err);
+          continue;
         }
-        next.then(waiter.resolve, waiter.reject);
-      });
+        this.#connect(pending, waiter);
+      }
     }
     await old?.end();
   }
@@ -354,7 +379,8 @@ export class DbConnect {
     this.#closed = true;
     const pool = this.#pool;
     this.#pool = undefined;
-    this.#redirectWaiters(undefined, (waiter) => waiter.reject(new DbConnectClosedError()));
+    for (const waiter of this.#waiters.values()) waiter.reject(new DbConnectClosedError());
+    this.#waiters.clear();
     await pool?.end();
   }
 }

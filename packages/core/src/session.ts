@@ -18,6 +18,16 @@ import { mergeTransactionOptions, type TransactionOptions, validateTransactionOp
  */
 export interface SessionDriver {
   acquire(): Promise<PoolClient>;
+  /**
+   * Stop waiting for the connection `pending` (an `acquire()` not yet settled): it rejects with
+   * `reason` now, and the connection, when the pool hands it over, goes straight back.
+   */
+  withdraw?(pending: Promise<PoolClient>, reason: Error): void;
+  /**
+   * Which host connections come from now (it changes with `DbConnect.changeHost`): a session
+   * holding a connection from an earlier one takes a new connection for its next transaction.
+   */
+  readonly host?: number;
   /** Give the connection back; `destroy` when it may be unusable or mid-transaction. */
   release(client: PoolClient, destroy: boolean): void;
   /** The options every transaction of the driver's sessions starts from (`DbConnect`'s `transaction`). */
@@ -221,6 +231,10 @@ export class DbSession implements AsyncDisposable {
   // Why the session was cut off (its context aborted): the error queued and later work gets.
   #cut: Error | undefined;
   #broken = false;
+  // The driver's host the connection came from.
+  #host: number | undefined;
+  // The connection being awaited from the pool: withdrawn if the session is cut off meanwhile.
+  #acquiring: Promise<PoolClient> | undefined;
   // The connection may carry session state (a transaction ran on it since the last reset).
   #dirty = false;
   // node-postgres deprecates overlapping client.query() calls, so the session keeps its own
@@ -817,6 +831,8 @@ export class DbSession implements AsyncDisposable {
     this.#sealed = true;
     if (this.#ending !== undefined) return this.#ending;
     this.#cut = reason;
+    // Waiting for the pool: fail that wait now rather than when a connection frees.
+    if (this.#acquiring !== undefined) this.#driver.withdraw?.(this.#acquiring, reason);
     const client = this.#client;
     // Nothing can be running on the connection: neither the session's work nor a leased client's.
     if (client === undefined || (this.#pending === 0 && this.#leased === undefined)) return this.end(false);
@@ -935,13 +951,23 @@ export class DbSession implements AsyncDisposable {
   async #connected(): Promise<PoolClient> {
     this.#assertOpen();
     let client = this.#client;
-    // The connection died between transactions: nothing is lost, take a fresh one.
-    if (client !== undefined && this.#broken && !this.#inTransaction) {
+    // Between transactions, a connection that died (nothing is lost), or one from a host the
+    // database moved away from (after a failover, the old primary): take a fresh one.
+    if (client !== undefined && !this.#inTransaction && (this.#broken || this.#host !== this.#driver.host)) {
       this.#releaseClient();
       client = undefined;
     }
     if (client === undefined) {
-      client = await this.#driver.acquire();
+      // Read before the wait: a changeHost during it moves the wait to the new pool, and a
+      // connection judged older than it is only costs a needless move.
+      this.#host = this.#driver.host;
+      const acquiring = this.#driver.acquire();
+      this.#acquiring = acquiring;
+      try {
+        client = await acquiring;
+      } finally {
+        this.#acquiring = undefined;
+      }
       client.on('error', this.#onClientError);
       this.#client = client;
       this.#broken = false;

@@ -823,8 +823,8 @@ export class DbSession implements AsyncDisposable {
    * @internal For a context that is aborted (the client went away, a deadline passed): end the
    * session now instead of after its work. The statement running on its connection is cancelled
    * (PostgreSQL's cancel request) and its caller gets `reason`; work queued behind it is refused
-   * with `reason`; a connection still awaited from the pool is given back as soon as it comes,
-   * unused; then the transaction is rolled back (its `onRollback` hooks, savepoints' included,
+   * with `reason`; a wait queued behind a full pool fails now (the connection, when the pool
+   * hands it over, goes straight back), one already on its way is given back unused; then the transaction is rolled back (its `onRollback` hooks, savepoints' included,
    * fall due) and the connection released. Resolves when it is.
    */
   cancel(reason: Error): Promise<void> {

@@ -9,6 +9,7 @@ import Fastify from 'fastify';
 import t from 'tap';
 import { checkedTests } from '../fixtures/builders.js';
 import { activity, checkedOut, createTable, testDb, texts } from '../fixtures/db.js';
+import { hookBeside, writeBeside } from './beside.js';
 
 const { db, appName } = testDb(t);
 const test = checkedTests(t, db, appName);
@@ -78,4 +79,22 @@ test("outsideContext: 'pool': orm.transaction commits, tx.rollback() rolls back,
   t.same((await texts(table)).sort(), ['committed', 'inner-kept', 'new-ctx', 'outer']);
   t.equal(checkedOut(db), 0);
   t.equal((await activity(appName)).idleInTransaction, 0);
+});
+
+// The same interleavings as Kysely's transaction(): orm.transaction holds the session, so the
+// rest of the request waits for it.
+const builder = ({ notes, orm }: Awaited<ReturnType<typeof notesOrm>>) => ({
+  insert: (text: string) => orm.insert(notes).values({ text }),
+  transaction: (fn: (insert: (text: string) => Promise<unknown>) => Promise<void>) =>
+    orm.transaction((tx) => fn((text) => tx.insert(notes).values({ text }))),
+});
+
+test('a write of the request made while an orm.transaction is open waits for it, and is not rolled back with it', async (t) => {
+  const notes = await notesOrm(t);
+  await writeBeside(t, db, notes.table, builder(notes));
+});
+
+test('an onCommit hook and a raw query of the request made while an orm.transaction is open survive its rollback', async (t) => {
+  const notes = await notesOrm(t);
+  await hookBeside(t, db, notes.table, builder(notes));
 });

@@ -2,7 +2,7 @@
 // script) really ends: a failed statement before the callback throws or returns, a 4xx after the
 // savepoint was released, work of the request running while a transaction is open, and a
 // controlled transaction on outsideContext: 'pool' whose COMMIT PostgreSQL answers ROLLBACK.
-import { dbSession, onCommit, onRollback, runInNewCtx } from '@context-db/core';
+import { atomicDbSession, dbSession, onCommit, onRollback, runInNewCtx } from '@context-db/core';
 import { contextDbPlugin } from '@context-db/fastify';
 import { ContextDbDialect } from '@context-db/kysely';
 import Fastify from 'fastify';
@@ -21,6 +21,7 @@ import {
   uniqueName,
 } from '../fixtures/db.js';
 import { deferred } from '../fixtures/express.js';
+import { hookBeside, writeBeside } from './beside.js';
 
 interface Database {
   [table: string]: { id: Generated<number>; text: string };
@@ -34,62 +35,110 @@ const test = checkedTests(t, db, appName);
 const insert = (table: string, text: string, on: Kysely<Database> = kdb) =>
   on.insertInto(table).values({ text }).execute();
 
-t.test(
-  'a write of the request made while a transaction() is open is not rolled back with that transaction',
-  {
-    todo: 'open defect: a Kysely transaction() does not hold the session, so work of the request beside it joins its savepoint (see the closing note of issue #13)',
-  },
-  async (t) => {
-    const table = await createTable(t);
-    await runInNewCtx(async () => {
-      const inside = deferred();
-      const outsideDone = deferred();
-      const failing = kdb.transaction().execute(async (trx) => {
-        await insert(table, 'in-transaction', trx);
-        inside.resolve();
-        await outsideDone.promise;
-        throw new Error('the transaction fails');
-      });
-      // Another part of the request (not the callback) writes while the transaction is open.
-      const other = (async () => {
-        await inside.promise;
-        await insert(table, 'request-write');
-        outsideDone.resolve();
-      })();
-      await other;
-      await t.rejects(failing, { message: 'the transaction fails' });
-    });
-    t.same(await texts(table), ['request-write'], "the request's own write commits; only the transaction's is undone");
-  },
-);
+const builder = (table: string) => ({
+  insert: (text: string) => insert(table, text),
+  transaction: (fn: (insert: (text: string) => Promise<unknown>) => Promise<void>) =>
+    kdb.transaction().execute((trx) => fn((text) => insert(table, text, trx))),
+});
 
-t.test(
-  'an onCommit hook registered by the request while a transaction() is open survives its rollback',
-  {
-    todo: 'open defect: a Kysely transaction() does not hold the session, so work of the request beside it joins its savepoint (see the closing note of issue #13)',
-  },
-  async (t) => {
-    const table = await createTable(t);
-    const ran: string[] = [];
-    await runInNewCtx(async () => {
-      const inside = deferred();
-      const registered = deferred();
-      const failing = kdb.transaction().execute(async (trx) => {
-        await insert(table, 'in-transaction', trx);
-        inside.resolve();
-        await registered.promise;
-        throw new Error('the transaction fails');
+// Inside the callback waits for nothing: a callback awaiting work started beside it would wait for itself.
+const issued = () => new Promise((resolve) => setImmediate(resolve));
+
+test('a write of the request made while a transaction() is open waits for it, and is not rolled back with it', async (t) => {
+  const table = await createTable(t);
+  await writeBeside(t, db, table, builder(table));
+});
+
+test('an onCommit hook and a raw query of the request made while a transaction() is open survive its rollback', async (t) => {
+  const table = await createTable(t);
+  await hookBeside(t, db, table, builder(table));
+});
+
+test('transaction() nested in another, and in atomicDbSession nested: the work beside each waits for it', async (t) => {
+  const table = await createTable(t);
+  const order: string[] = [];
+  await runInNewCtx(async () => {
+    await kdb.transaction().execute(async (outer) => {
+      await insert(table, 'outer', outer);
+      const beside = deferred();
+      // Inside the outer transaction but beside the inner one: waits for the inner to end.
+      const inner = kdb.transaction().execute(async (trx) => {
+        await insert(table, 'inner-rolled-back', trx);
+        beside.resolve();
+        await issued();
+        order.push('inner fails');
+        throw new Error('inner');
       });
-      await inside.promise;
-      await (await dbSession(db)).query(`INSERT INTO ${table} (text) VALUES ('raw-request-write')`);
-      await onCommit(db, () => void ran.push('request hook'));
-      registered.resolve();
-      await t.rejects(failing);
+      const failed = t.rejects(inner, { message: 'inner' });
+      await beside.promise;
+      await insert(table, 'outer-beside-inner', outer);
+      order.push('outer write done');
+      await failed;
     });
-    t.same(ran, ['request hook'], "the request's hook runs after the request commits");
-    t.same(await texts(table), ['raw-request-write']);
-  },
-);
+    await atomicDbSession(
+      db,
+      async (session) => {
+        await session.query(`INSERT INTO ${table} (text) VALUES ('block')`);
+        await t.rejects(
+          kdb.transaction().execute(async (trx) => {
+            await insert(table, 'in-block-rolled-back', trx);
+            await (await dbSession(db)).query(`INSERT INTO ${table} (text) VALUES ('raw-in-block-rolled-back')`);
+            throw new Error('rolled back alone');
+          }),
+        );
+      },
+      { currentTransaction: 'nested' },
+    );
+  });
+  t.same(order, ['inner fails', 'outer write done']);
+  t.same(await texts(table), ['outer', 'outer-beside-inner', 'block']);
+});
+
+test('a controlled transaction in a request: work beside it is refused with a clear error, never left waiting', async (t) => {
+  const table = await createTable(t);
+  await runInNewCtx(async () => {
+    await insert(table, 'before');
+    const trx = await kdb.startTransaction().execute();
+    await insert(table, 'in-controlled', trx);
+    // The code that must end the transaction would be the code waiting: refused, at once.
+    await t.rejects(insert(table, 'beside'), {
+      name: 'TransactionAlreadyOpenError',
+      message: /on the transaction \(trx\)/,
+    });
+    await t.rejects((await dbSession(db)).query('SELECT 1'), { name: 'TransactionAlreadyOpenError' });
+    await t.rejects(
+      kdb.transaction().execute(async () => {}),
+      { name: 'TransactionAlreadyOpenError' },
+    );
+    await t.rejects(
+      atomicDbSession(db, async () => {}, { currentTransaction: 'nested' }),
+      { name: 'TransactionAlreadyOpenError' },
+    );
+    // A hook registered beside it belongs to the request, not to the controlled transaction.
+    await onRollback(db, () => undefined);
+    await trx.rollback().execute();
+    await insert(table, 'after');
+  });
+  t.same(await texts(table), ['before', 'after']);
+});
+
+test('a controlled transaction left open when the request ends: nothing commits, the answer is an error, the connection goes back', async (t) => {
+  const table = await createTable(t);
+  const app = Fastify();
+  t.teardown(() => app.close());
+  await app.register(contextDbPlugin, { db });
+  app.post('/x', async () => {
+    await insert(table, 'request');
+    const trx = await kdb.startTransaction().execute();
+    await insert(table, 'never-ended', trx);
+    return { ok: true };
+  });
+  const res = await app.inject({ method: 'POST', url: '/x' });
+  t.equal(res.statusCode, 500);
+  t.same(await texts(table), []);
+  t.ok(await eventually(() => checkedOut(db) === 0), 'no connection checked out');
+  t.equal((await activity(appName)).idleInTransaction, 0);
+});
 
 test('a transaction() whose callback throws after a failed statement rolls back alone; the request commits', async (t) => {
   const table = await createTable(t);

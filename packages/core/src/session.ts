@@ -101,6 +101,55 @@ type Lease = () => Error | undefined;
 // The exclusive (atomic) blocks the calling code runs inside, by token.
 const blocks = new AsyncLocalStorage<ReadonlySet<object>>();
 
+/** A block holding the session: an atomic block, a finishing context's beforeCommit, a builder's transaction. */
+interface Block {
+  readonly token: object;
+  readonly atomic: boolean;
+  /**
+   * False for a hold whose work cannot be told apart by async context (a query builder's
+   * controlled transaction): work from outside it is refused rather than queued, since the code
+   * that must end it is, as likely as not, the code that would wait.
+   */
+  readonly scoped: boolean;
+  /** The block it nests in; relinked when that one ends first. */
+  outer: Block | undefined;
+  readonly ended: Promise<void>;
+  end(): void;
+}
+
+/**
+ * @internal A hold on a session begun and ended by separate calls (`DbSession.hold`), for query
+ * builders whose transactions have no callback to run inside.
+ */
+export interface SessionHold {
+  /** Identifies the hold's savepoints (`beginSavepoint(token)`), so that hooks from outside skip them. */
+  readonly token: object;
+  /** Resolves once the session is held: blocks the caller is not inside have ended. */
+  readonly ready: Promise<void>;
+  /** Run `fn` as work inside the hold (the transaction's own statements, made from any context). */
+  run<R>(fn: () => R): R;
+  /** Let the session go: work from outside that waited runs. Safe to call twice. */
+  end(): void;
+}
+
+function heldElsewhere(): TransactionAlreadyOpenError {
+  return new TransactionAlreadyOpenError(
+    "Work on the context's session ran outside a controlled transaction (Kysely's startTransaction()) still " +
+      "open on it. On the request's connection that transaction is a savepoint, so this work would be rolled " +
+      'back with it; and it cannot wait for it to end, since the code that must commit or roll it back is ' +
+      'likely the code waiting. Run it on the transaction (trx), or after trx.commit() / trx.rollback(); or use ' +
+      'kdb.transaction().execute(fn), beside which the rest of the request waits its turn.',
+  );
+}
+
+function abandonedError(): CommitFailedError {
+  return new CommitFailedError({
+    reason:
+      "a controlled transaction (Kysely's startTransaction()) was neither committed nor rolled back when the " +
+      "context ended, so the context's transaction was rolled back with it",
+  });
+}
+
 type Listener = (...args: unknown[]) => void;
 
 /** A callback run after the transaction it was registered in commits (`onCommit`) or rolls back. */
@@ -243,9 +292,11 @@ export class DbSession implements AsyncDisposable {
   #tail: Promise<void> = DONE;
   /** Operations enqueued and not yet settled. */
   #pending = 0;
-  // An atomic block (or a finishing context's beforeCommit) holds the session: work from outside
-  // it waits until it has ended.
-  #block: { readonly token: object; readonly atomic: boolean; readonly ended: Promise<void> } | undefined;
+  // An atomic block (or a finishing context's beforeCommit, or a builder's transaction) holds the
+  // session: work from outside it waits until it has ended. The innermost; each links its outer.
+  #block: Block | undefined;
+  // A controlled hold the finishing context found still open: the context's commit fails.
+  #abandoned: CommitFailedError | undefined;
   // Transaction options: the session's (the database's defaults under its context's), those of
   // the atomic block running now, and those the open transaction began with.
   #options: TransactionOptions | undefined;
@@ -542,8 +593,9 @@ export class DbSession implements AsyncDisposable {
    * ```
    */
   close(): Promise<void> {
-    const wait = this.#outsideBlock();
-    if (wait !== undefined) return wait.then(() => this.close());
+    // A controlled transaction's hold is not waited for: closing rolls its work back with the rest.
+    const block = this.#blocking();
+    if (block?.scoped) return block.ended.then(() => this.close());
     if (this.#sealed) return DONE;
     return this.end(false).then(() => this.runHooks());
   }
@@ -571,17 +623,111 @@ export class DbSession implements AsyncDisposable {
     const mine = blocks.getStore();
     // Wait for blocks the caller is not inside; once the holder is one it is inside (the block a
     // sibling nested block ran in, now back), nest in it.
-    for (let holder = this.#block; holder !== undefined; holder = this.#block) {
-      if (mine?.has(holder.token)) {
-        if (holder.atomic && !nests) throw new NestedAtomicBlockError();
-        // A nested block inside an atomic one, or a block inside a finishing context's beforeCommit.
-        const atomic = holder.atomic;
-        return this.#hold(() => fn(atomic), true);
-      }
-      await holder.ended;
+    for (let wait = this.#turn(mine); wait !== undefined; wait = this.#turn(mine)) await wait;
+    const holder = this.#block;
+    if (holder !== undefined) {
+      if (holder.atomic && !nests) throw new NestedAtomicBlockError();
+      // A nested block inside an atomic one, or a block inside a finishing context's beforeCommit.
+      const atomic = holder.atomic;
+      return this.#hold(() => fn(atomic), true);
     }
     if (this.#sealed) throw this.#sealedError();
     return this.#hold(() => fn(false), true);
+  }
+
+  /**
+   * @internal `exclusive` without a callback, for a query builder's transaction begun and ended
+   * by separate calls. `scoped`: call it synchronously, before any await, in the async function
+   * whose continuation runs the transaction's work (Kysely's driver `beginTransaction`): it enters
+   * the hold there (`AsyncLocalStorage.enterWith`), so that continuation and what it starts are
+   * inside, while code beside it is not, and waits for `end()`. Not scoped (a controlled
+   * transaction, whose work runs in its caller's own context): only `run()` is inside, and work
+   * from outside is refused with `TransactionAlreadyOpenError` instead of waiting.
+   */
+  hold(scoped: boolean): SessionHold {
+    const mine = blocks.getStore();
+    const token = {};
+    const inside: ReadonlySet<object> = new Set(mine).add(token);
+    if (scoped) blocks.enterWith(inside);
+    let block: Block | undefined;
+    let ended = false;
+    const ready = (async () => {
+      for (let wait = this.#turn(mine); wait !== undefined; wait = this.#turn(mine)) await wait;
+      if (this.#block === undefined && this.#sealed) throw this.#sealedError();
+      if (!ended) block = this.#push(true, scoped, token);
+    })();
+    return {
+      token,
+      ready,
+      run: (fn) => {
+        // Added to the caller's blocks, not in place of them: a nested atomic block inside the
+        // transaction still holds the session when the transaction's own queries run in it.
+        const current = blocks.getStore();
+        return current?.has(token) ? fn() : blocks.run(new Set(current).add(token), fn);
+      },
+      end: () => {
+        ended = true;
+        block?.end();
+      },
+    };
+  }
+
+  /**
+   * What a caller inside `mine` must wait for before holding the session itself: the end of a
+   * block it is not inside; undefined when there is none. Checked again after each wait, with no
+   * await between the last check and taking the hold.
+   */
+  #turn(mine: ReadonlySet<object> | undefined): Promise<void> | undefined {
+    const other = this.#blocking(mine);
+    if (other === undefined || other.scoped) return other?.ended;
+    return Promise.reject(this.#sealed ? this.#sealedError() : heldElsewhere());
+  }
+
+  /**
+   * The outermost of the blocks holding the session that the caller is not inside (they nest
+   * inside the innermost block the caller is in); undefined when the caller may use the session.
+   */
+  #blocking(mine = blocks.getStore()): Block | undefined {
+    let outside: Block | undefined;
+    for (let block = this.#block; block !== undefined && !mine?.has(block.token); block = block.outer) outside = block;
+    return outside;
+  }
+
+  #push(atomic: boolean, scoped: boolean, token: object = {}): Block {
+    let resolve!: () => void;
+    const ended = new Promise<void>((r) => {
+      resolve = r;
+    });
+    let done = false;
+    const block: Block = {
+      token,
+      atomic,
+      scoped,
+      outer: this.#block,
+      ended,
+      end: () => {
+        if (done) return;
+        done = true;
+        this.#pop(block);
+        resolve();
+      },
+    };
+    this.#block = block;
+    return block;
+  }
+
+  #pop(block: Block): void {
+    if (this.#block === block) {
+      this.#block = block.outer;
+      return;
+    }
+    // Ended before a block nested in it (one its code did not await): that one now nests in its outer.
+    for (let inner = this.#block; inner !== undefined; inner = inner.outer) {
+      if (inner.outer === block) {
+        inner.outer = block.outer;
+        return;
+      }
+    }
   }
 
   /**
@@ -699,28 +845,18 @@ export class DbSession implements AsyncDisposable {
    * query) waits and is then refused.
    */
   async runBeforeCommit(fn: () => void | Promise<void>): Promise<void> {
-    while (this.#block !== undefined) await this.#block.ended;
+    for (let wait = this.#outsideBlock(); wait !== undefined; wait = this.#outsideBlock()) await wait;
     await this.#hold(fn, false);
   }
 
   async #hold<R>(fn: () => R | Promise<R>, atomic: boolean): Promise<R> {
     // A token per block, not the session: a callback a finished block left behind must not pass
     // for work of the next block.
-    const token = {};
-    const outer = this.#block;
-    let end!: () => void;
-    this.#block = {
-      token,
-      atomic,
-      ended: new Promise<void>((resolve) => {
-        end = resolve;
-      }),
-    };
+    const block = this.#push(atomic, true);
     try {
-      return await blocks.run(new Set(blocks.getStore()).add(token), fn);
+      return await blocks.run(new Set(blocks.getStore()).add(block.token), fn);
     } finally {
-      this.#block = outer;
-      end();
+      block.end();
     }
   }
 
@@ -731,11 +867,18 @@ export class DbSession implements AsyncDisposable {
     return this.#pending === 0 ? DONE : this.#enqueue(() => DONE);
   }
 
-  /** When an atomic block holds the session and the caller is not inside it: the block's end. */
+  /**
+   * When a block holds the session and the caller is not inside it: the block's end, or, for a
+   * controlled hold, a rejection (it cannot be waited for). Once the context is finishing, a
+   * controlled hold still open is abandoned: the context's commit fails and rolls back.
+   */
   #outsideBlock(): Promise<void> | undefined {
-    const block = this.#block;
-    if (block === undefined || blocks.getStore()?.has(block.token)) return undefined;
-    return block.ended;
+    const block = this.#blocking();
+    if (block === undefined || block.scoped) return block?.ended;
+    if (!this.#sealed) return Promise.reject(heldElsewhere());
+    this.#abandoned ??= abandonedError();
+    block.end();
+    return this.#outsideBlock();
   }
 
   /**
@@ -757,7 +900,7 @@ export class DbSession implements AsyncDisposable {
     }
     // Finishing: only from inside the block that holds the session (an atomic block begun before,
     // a beforeCommit), never from the request's late code.
-    if (this.#sealed && (this.#block === undefined || this.#outsideBlock() !== undefined)) return this.#sealedError();
+    if (this.#sealed && (this.#block === undefined || this.#blocking() !== undefined)) return this.#sealedError();
     if (!this.#inTransaction) {
       return new SessionClosedError(
         'A client from session.client() was used with no transaction open (after a commit or rollback): ' +
@@ -799,6 +942,12 @@ export class DbSession implements AsyncDisposable {
     // A commit lets an atomic block under way finish first; a rollback cuts it off.
     const wait = commit ? this.#outsideBlock() : undefined;
     if (wait !== undefined) return wait.then(() => this.end(true));
+    const abandoned = commit ? this.#abandoned : undefined;
+    if (abandoned !== undefined) {
+      return this.end(false).then(() => {
+        throw abandoned;
+      });
+    }
     // Nothing queued and nothing sent on the connection since its last reset: release now.
     if (this.#pending === 0 && !this.#inTransaction && !this.#dirty) {
       this.#transactionEnded(commit);

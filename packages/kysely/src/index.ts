@@ -22,7 +22,13 @@ import type {
   RootOperationNode,
   TransactionSettings,
 } from 'kysely';
-import { PostgresAdapter, PostgresIntrospector, PostgresQueryCompiler, SelectQueryNode } from 'kysely';
+import {
+  ControlledTransactionBuilder,
+  PostgresAdapter,
+  PostgresIntrospector,
+  PostgresQueryCompiler,
+  SelectQueryNode,
+} from 'kysely';
 import type { QueryResult as PgResult } from 'pg';
 
 /** What a query does outside any context-db context. */
@@ -93,7 +99,8 @@ export class ContextDbDialect implements Dialect {
 }
 
 // The builder transactions open on each session, oldest first: their savepoints nest on the
-// server in that order, so only the newest may run queries or end.
+// server in that order, so only the newest may end (each holds the session, so an older one's
+// queries wait for the newer to end).
 const openTransactions = new WeakMap<DbSession, SessionConnection[]>();
 
 let cursorCounter = 0;
@@ -105,6 +112,25 @@ function overlapped(): NestedAtomicBlockError {
       'while another runs cannot commit or roll back apart from it. Await one before beginning the next, or ' +
       'run the other in runInNewCtx(fn) for a connection of its own.',
   );
+}
+
+type Hold = ReturnType<DbSession['hold']>;
+
+/**
+ * True when Kysely is beginning a controlled transaction (`startTransaction()`) rather than
+ * `transaction().execute(fn)`. Kysely tells a driver nothing of the kind, and the two need
+ * different holds: `fn` runs in the async context the driver's `beginTransaction` enters, while a
+ * controlled transaction's work runs in its caller's own context, which must not wait for a
+ * transaction it has yet to end. `beginTransaction` is called synchronously from
+ * `ControlledTransactionBuilder.execute`, so its frame is on the stack (the class's own name is
+ * read, so that a bundler renaming it renames both).
+ */
+function beginsControlled(): boolean {
+  const limit = Error.stackTraceLimit;
+  Error.stackTraceLimit = 10;
+  const stack = new Error().stack ?? '';
+  Error.stackTraceLimit = limit;
+  return stack.includes(` ${ControlledTransactionBuilder.name}.execute `);
 }
 
 /** Kysely's settings as core's transaction options; undefined when there are none. */
@@ -144,8 +170,13 @@ class ContextDbDriver implements Driver {
     );
   }
 
-  async beginTransaction(connection: DatabaseConnection, settings: TransactionSettings): Promise<void> {
-    await (connection as SessionConnection).begin(transactionOptions(settings));
+  // Not async: the hold's async context must be entered in the frame Kysely awaits this from.
+  beginTransaction(connection: DatabaseConnection, settings: TransactionSettings): Promise<void> {
+    try {
+      return (connection as SessionConnection).begin(transactionOptions(settings));
+    } catch (err) {
+      return Promise.reject(err);
+    }
   }
 
   async commitTransaction(connection: DatabaseConnection): Promise<void> {
@@ -191,6 +222,8 @@ class SessionConnection implements DatabaseConnection {
   #savepoint: string | undefined;
   // Kysely's savepoint names, with the core savepoint each stands for, oldest first.
   readonly #savepoints: Array<{ readonly name: string; readonly core: string }> = [];
+  // Inside a context: the transaction's hold on the session (the rest of the request waits).
+  #hold: Hold | undefined;
 
   constructor(session: DbSession, own: boolean) {
     this.session = session;
@@ -198,8 +231,9 @@ class SessionConnection implements DatabaseConnection {
   }
 
   async executeQuery<R>(compiled: CompiledQuery): Promise<QueryResult<R>> {
-    this.#assertInnermost();
-    const { command, rowCount, rows }: PgResult = await this.session.query(compiled.sql, compiled.parameters);
+    const { command, rowCount, rows }: PgResult = await this.#run(() =>
+      this.session.query(compiled.sql, compiled.parameters),
+    );
     await this.#autocommit();
     const written = command === 'INSERT' || command === 'UPDATE' || command === 'DELETE' || command === 'MERGE';
     return written ? { numAffectedRows: BigInt(rowCount ?? 0), rows: rows as R[] } : { rows: rows as R[] };
@@ -217,18 +251,18 @@ class SessionConnection implements DatabaseConnection {
       for (let at = 0; at < rows.length; at += chunkSize) yield { rows: rows.slice(at, at + chunkSize) };
       return;
     }
-    this.#assertInnermost();
     const name = `context_db_cursor_${++cursorCounter}`;
     const session = this.session;
-    await session.query(`DECLARE ${name} NO SCROLL CURSOR FOR ${compiled.sql}`, compiled.parameters);
+    await this.#run(() => session.query(`DECLARE ${name} NO SCROLL CURSOR FOR ${compiled.sql}`, compiled.parameters));
     let failed = false;
     try {
       for (;;) {
-        this.#assertInnermost();
-        const { rows } = await session.query(`FETCH FORWARD ${chunkSize} FROM ${name}`).catch((err: unknown) => {
-          failed = true;
-          throw err;
-        });
+        const { rows } = await this.#run(() => session.query(`FETCH FORWARD ${chunkSize} FROM ${name}`)).catch(
+          (err: unknown) => {
+            failed = true;
+            throw err;
+          },
+        );
         if (rows.length > 0) yield { rows: rows as R[] };
         if (rows.length < chunkSize) break;
       }
@@ -237,14 +271,14 @@ class SessionConnection implements DatabaseConnection {
       // it. Otherwise close it (the consumer may stop early) unless a rollback to a savepoint
       // already did: a CLOSE of a missing cursor would abort the transaction.
       if (!failed && session.inTransaction) {
-        await session
-          .query(
+        await this.#run(() =>
+          session.query(
             `DO $$BEGIN IF EXISTS (SELECT FROM pg_cursors WHERE name = '${name}') THEN EXECUTE 'CLOSE ${name}'; END IF; END$$`,
-          )
-          .catch((err: unknown) => {
-            // Aborted by a failed statement of the consumer's: the cursor goes with the transaction.
-            if ((err as { code?: unknown } | null)?.code !== '25P02') throw err;
-          });
+          ),
+        ).catch((err: unknown) => {
+          // Aborted by a failed statement of the consumer's: the cursor goes with the transaction.
+          if ((err as { code?: unknown } | null)?.code !== '25P02') throw err;
+        });
         await this.#autocommit();
       }
     }
@@ -252,30 +286,41 @@ class SessionConnection implements DatabaseConnection {
 
   /**
    * Inside a context a transaction is a savepoint of the context's transaction, begun with it
-   * when none is open; options apply only to a transaction it begins. Outside, it is the own
-   * session's transaction.
+   * when none is open; options apply only to a transaction it begins. It holds the session as a
+   * nested atomic block does: the rest of the request waits until it ends (or, beside a controlled
+   * transaction, is refused). Outside, it is the own session's transaction.
    */
-  async begin(options: TransactionOptions | undefined): Promise<void> {
+  begin(options: TransactionOptions | undefined): Promise<void> {
     const session = this.session;
     if (this.own) {
       session.setTransactionOptions(options);
       this.#transaction = true;
-      return;
+      return Promise.resolve();
     }
-    this.#savepoint =
-      options === undefined
-        ? await session.beginSavepoint()
-        : await session.exclusive(async () => {
-            await session.drain();
-            if (session.inTransaction) {
-              throw new TransactionAlreadyOpenError(
-                "Kysely's setIsolationLevel() / setAccessMode() were used inside a transaction already open on the " +
-                  "context session: PostgreSQL fixes them at the transaction's BEGIN. Set them on the route or the " +
-                  'DbConnect, or begin this transaction before any other query of the request.',
-              );
-            }
-            return session.withOptions(options, () => session.beginSavepoint());
-          }, true);
+    // Synchronously, before any await: the hold enters the async context Kysely runs `fn` in.
+    const hold = session.hold(!beginsControlled());
+    return this.#begin(hold, options).catch((err: unknown) => {
+      hold.end();
+      throw err;
+    });
+  }
+
+  async #begin(hold: Hold, options: TransactionOptions | undefined): Promise<void> {
+    const session = this.session;
+    await hold.ready;
+    this.#savepoint = await hold.run(async () => {
+      if (options === undefined) return session.beginSavepoint(hold.token);
+      await session.drain();
+      if (session.inTransaction) {
+        throw new TransactionAlreadyOpenError(
+          "Kysely's setIsolationLevel() / setAccessMode() were used inside a transaction already open on the " +
+            "context session: PostgreSQL fixes them at the transaction's BEGIN. Set them on the route or the " +
+            'DbConnect, or begin this transaction before any other query of the request.',
+        );
+      }
+      return session.withOptions(options, () => session.beginSavepoint(hold.token));
+    });
+    this.#hold = hold;
     this.#transaction = true;
     const open = openTransactions.get(session);
     if (open === undefined) openTransactions.set(session, [this]);
@@ -308,6 +353,8 @@ class SessionConnection implements DatabaseConnection {
     this.#savepoint = undefined;
     // Gone already: an older transaction that overlapped this one rolled it back with its own.
     if (at === -1) {
+      this.#hold?.end();
+      this.#hold = undefined;
       if (commit) throw overlapped();
       return;
     }
@@ -318,12 +365,18 @@ class SessionConnection implements DatabaseConnection {
       throw overlapped();
     }
     open.splice(at);
-    await session.endSavepoint(name, commit);
+    const hold = this.#hold;
+    this.#hold = undefined;
+    try {
+      await this.#run(() => session.endSavepoint(name, commit), hold);
+    } finally {
+      hold?.end();
+    }
   }
 
   async savepoint(name: string): Promise<void> {
-    this.#assertInnermost();
-    this.#savepoints.push({ name, core: await this.session.beginSavepoint() });
+    const token = this.#hold?.token;
+    this.#savepoints.push({ name, core: await this.#run(() => this.session.beginSavepoint(token)) });
   }
 
   /**
@@ -331,20 +384,21 @@ class SessionConnection implements DatabaseConnection {
    * it again or release it): core ends it and opens a fresh one in its place.
    */
   async endSavepoint(name: string, release: boolean): Promise<void> {
-    this.#assertInnermost();
     let at = this.#savepoints.length - 1;
     while (at >= 0 && this.#savepoints[at]?.name !== name) at--;
     const found = this.#savepoints[at];
     if (found === undefined)
       throw new InvalidOptionsError(`Kysely savepoint "${name}" is not open on this transaction.`);
     this.#savepoints.splice(at);
-    await this.session.endSavepoint(found.core, release);
-    if (!release) this.#savepoints.push({ name, core: await this.session.beginSavepoint() });
+    const session = this.session;
+    await this.#run(() => session.endSavepoint(found.core, release));
+    const token = this.#hold?.token;
+    if (!release) this.#savepoints.push({ name, core: await this.#run(() => session.beginSavepoint(token)) });
   }
 
-  /** A transaction's queries must not land in the savepoint of a transaction begun after it. */
-  #assertInnermost(): void {
-    if (this.#transaction && !this.own && openTransactions.get(this.session)?.at(-1) !== this) throw overlapped();
+  /** Run session work as this transaction's, whichever async context Kysely calls from. */
+  #run<R>(fn: () => R, hold = this.#hold): R {
+    return hold === undefined ? fn() : hold.run(fn);
   }
 
   /** Outside a transaction, a query on a session of our own commits on its own, as on a pool. */

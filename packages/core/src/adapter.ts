@@ -1,6 +1,6 @@
 import { dbSession, type NewTransactionOptions, newNonCtxAtomicSession, newNonCtxSession, runInNewCtx } from './api.js';
 import { DbConnect } from './connect.js';
-import { type BeforeCommitCallback, DbSessionCtx, type FinishOptions, storage } from './context.js';
+import { type BeforeCommitCallback, type CtxOwner, DbSessionCtx, type FinishOptions, storage } from './context.js';
 import { ContextNotInitiatedError, InvalidOptionsError, SessionClosedError } from './errors.js';
 import type { DbSession } from './session.js';
 import { mergeTransactionOptions, type TransactionOptions, validateTransactionOptions } from './transaction.js';
@@ -185,6 +185,21 @@ export class ClientAbortedError extends SessionClosedError {
 const NOTHING: Promise<unknown> = Promise.resolve(undefined);
 
 /**
+ * What an adapter's request object tells `RequestCtx.open`: methods, not closures, so that a
+ * request that never asks for a session allocates nothing for them.
+ */
+export interface RequestWatcher {
+  /**
+   * Called once, when the request first asks for a session and before it is made: start what
+   * only matters with a session (watch for the client leaving, hold the response). Calling
+   * `rc.abort()` here (the client already left) refuses the session.
+   */
+  sessionRequested?(rc: RequestCtx): void;
+  /** An `onCommit` / `onRollback` hook threw (the framework's logger); default `console.error`. */
+  hookError?(err: unknown, kind: string): void;
+}
+
+/**
  * One request's context as an adapter drives it. A request always gets a context of its own,
  * even when one is current: an `app.inject()` or loopback call made inside another request (a
  * batch endpoint) must not commit or roll back that request's transaction by its own status.
@@ -198,24 +213,46 @@ const NOTHING: Promise<unknown> = Promise.resolve(undefined);
  * const failure = await rc.end(res.statusCode); // an error means: answer 500 instead
  * ```
  */
-export class RequestCtx {
+export class RequestCtx implements CtxOwner {
   readonly #ctx: DbSessionCtx;
   #options: ContextDbOptions;
+  readonly #watcher: RequestWatcher | undefined;
+  #report: ((err: unknown, kind: string) => void) | undefined;
 
-  private constructor(ctx: DbSessionCtx, options: ContextDbOptions) {
+  private constructor(ctx: DbSessionCtx, options: ContextDbOptions, watcher: RequestWatcher | undefined) {
     this.#ctx = ctx;
     this.#options = options;
+    this.#watcher = watcher;
+    if (watcher !== undefined) ctx.owner = this;
     if (options.deadline !== undefined) ctx.setDeadline(options.deadline);
   }
 
   /**
-   * `reportHookError` receives an `onCommit` / `onRollback` hook that threw (the framework's
-   * logger); by default it goes to `console.error`.
+   * Open a request's context. `watcher` (usually the adapter's per-request state) learns when
+   * the request first asks for a session and receives an `onCommit` / `onRollback` hook that
+   * threw; without `hookError` such errors go to `console.error`.
+   *
+   * @example
+   * ```ts
+   * const rc = RequestCtx.open(options, { hookError: (err) => logger.error(err) });
+   * ```
    */
-  static open(options: ContextDbOptions, reportHookError?: (err: unknown, kind: string) => void): RequestCtx {
-    const ctx = new DbSessionCtx(storage.getStore());
-    if (reportHookError !== undefined) ctx.hookErrors = reportHookError;
-    return new RequestCtx(ctx, options);
+  static open(options: ContextDbOptions, watcher?: RequestWatcher): RequestCtx {
+    return new RequestCtx(new DbSessionCtx(storage.getStore()), options, watcher);
+  }
+
+  /** @internal See `CtxOwner`: called by the context, once, before its first session. */
+  sessionRequested(): void {
+    this.#watcher?.sessionRequested?.(this);
+  }
+
+  /** @internal See `CtxOwner`: the watcher's `hookError`, made a function on first need. */
+  get hookErrors(): ((err: unknown, kind: string) => void) | undefined {
+    const watcher = this.#watcher;
+    if (this.#report === undefined && watcher?.hookError !== undefined) {
+      this.#report = (err, kind) => watcher.hookError?.(err, kind);
+    }
+    return this.#report;
   }
 
   /** The route's transaction options (see `DbSessionCtx.setTransactionOptions`). */

@@ -45,6 +45,21 @@ type State = 'open' | 'finishing' | 'finished';
 export type SessionFactory = (db: DbConnect, ctx: DbSessionCtx) => Promise<DbSession>;
 
 /**
+ * @internal Who drives a context (an adapter's request, through `RequestCtx`): told when the
+ * context is first asked for a session, so that what only matters with a session (watching the
+ * client, holding the response) costs nothing on a request that never makes one.
+ */
+export interface CtxOwner {
+  /** Called before the context's first session is made; may abort the context, refusing it. */
+  sessionRequested(): void;
+  /** Where an `onCommit` / `onRollback` hook that threw is reported, if not `console.error`. */
+  readonly hookErrors: ((err: unknown, kind: string) => void) | undefined;
+}
+
+// What a finish with nothing to do resolves to: one promise for every such context.
+const DONE: Promise<void> = Promise.resolve();
+
+/**
  * The sessions of one unit of work (a request, a job, a test). An adapter creates one per
  * request, runs the request inside it with `run`, and calls `finish` when the outcome is known,
  * which may be from a callback outside the async scope (Express's `res.end`).
@@ -60,9 +75,10 @@ export type SessionFactory = (db: DbConnect, ctx: DbSessionCtx) => Promise<DbSes
 export class DbSessionCtx {
   // Only public members are used across the module boundary: a context made by another copy of
   // core may be the one in the store, and #private fields do not work across copies.
-  readonly #sessions = new Map<DbConnect, Promise<DbSession>>();
+  // Both made with the first session: most requests of most routes never ask for one.
+  #sessions: Map<DbConnect, Promise<DbSession>> | undefined;
   // The sessions made so far, for the synchronous close when a context is rolled back.
-  readonly #resolved = new Set<DbSession>();
+  #resolved: Set<DbSession> | undefined;
   #state: State = 'open';
   #finishing: Promise<void> | undefined;
   // Why the context was aborted (abort()): its work is gone, so no finish may report a commit.
@@ -74,11 +90,9 @@ export class DbSessionCtx {
   sessionFactory: SessionFactory | undefined;
   /** @internal Makes the sessions of contexts opened inside this one (and is passed on to them). */
   childFactory: SessionFactory | undefined;
-  /**
-   * @internal Where an `onCommit` / `onRollback` hook that threw is reported (an adapter's
-   * framework logger); default `console.error`.
-   */
-  hookErrors: ((err: unknown, kind: string) => void) | undefined;
+  /** @internal The adapter request driving this context, if any (see `CtxOwner`). */
+  owner: CtxOwner | undefined;
+  #hookErrors: ((err: unknown, kind: string) => void) | undefined;
   #transaction: TransactionOptions | undefined;
 
   /**
@@ -91,7 +105,19 @@ export class DbSessionCtx {
     // background context must not keep its request's context alive.
     this.parent = this.childFactory === undefined ? undefined : parent;
     this.sessionFactory = this.childFactory;
-    this.hookErrors = parent?.hookErrors;
+    this.#hookErrors = parent?.hookErrors;
+  }
+
+  /**
+   * @internal Where an `onCommit` / `onRollback` hook that threw is reported (an adapter's
+   * framework logger); default `console.error`. Asked of the owner only when needed.
+   */
+  get hookErrors(): ((err: unknown, kind: string) => void) | undefined {
+    return this.#hookErrors ?? this.owner?.hookErrors;
+  }
+
+  set hookErrors(report: ((err: unknown, kind: string) => void) | undefined) {
+    this.#hookErrors = report;
   }
 
   /**
@@ -99,7 +125,7 @@ export class DbSessionCtx {
    * aborted: finishing costs nothing and cannot fail.
    */
   get empty(): boolean {
-    return this.#sessions.size === 0 && this.#aborted === undefined;
+    return (this.#sessions === undefined || this.#sessions.size === 0) && this.#aborted === undefined;
   }
 
   /** True once `finish()` has started; no new sessions can be made then. */
@@ -135,7 +161,7 @@ export class DbSessionCtx {
    */
   setTransactionOptions(options: TransactionOptions | undefined): void {
     const valid = options === undefined ? undefined : validateTransactionOptions(options, 'setTransactionOptions()');
-    for (const session of this.#resolved) session.setTransactionOptions(valid);
+    if (this.#resolved !== undefined) for (const session of this.#resolved) session.setTransactionOptions(valid);
     this.#transaction = valid;
   }
 
@@ -153,8 +179,10 @@ export class DbSessionCtx {
    * ```
    */
   getSession(db: DbConnect): Promise<DbSession> {
-    const existing = this.#sessions.get(db);
+    const existing = this.#sessions?.get(db);
     if (existing !== undefined) return existing;
+    // The owner may find the client gone and abort: then the session is refused below.
+    if (this.#sessions === undefined && this.#state === 'open') this.owner?.sessionRequested();
     if (this.#state !== 'open') {
       return Promise.reject(
         this.#aborted ??
@@ -163,18 +191,25 @@ export class DbSessionCtx {
     }
     const factory = this.sessionFactory;
     const created = factory === undefined ? db.createSession() : factory(db, this);
-    this.#sessions.set(db, created);
+    if (this.#sessions === undefined || this.#resolved === undefined) {
+      this.#sessions = new Map();
+      this.#resolved = new Set();
+    }
+    const sessions = this.#sessions;
+    const resolved = this.#resolved;
+    sessions.set(db, created);
     created.then(
       (session) => {
         // Runs before the caller's own continuation: the session is configured when they get it.
         if (this.#transaction !== undefined) session.setTransactionOptions(this.#transaction);
-        if (this.hookErrors !== undefined) session.hookErrors = this.hookErrors;
-        this.#resolved.add(session);
+        const hookErrors = this.hookErrors;
+        if (hookErrors !== undefined) session.hookErrors = hookErrors;
+        resolved.add(session);
         // Made while the context was open, ready after its finish began: refuse what comes now.
         if (this.#state !== 'open') session.seal();
       },
       () => {
-        if (this.#sessions.get(db) === created) this.#sessions.delete(db);
+        if (sessions.get(db) === created) sessions.delete(db);
       },
     );
     return created;
@@ -189,7 +224,7 @@ export class DbSessionCtx {
    * ```
    */
   async peekSession(db: DbConnect): Promise<DbSession | undefined> {
-    return settled(this.#sessions.get(db));
+    return settled(this.#sessions?.get(db));
   }
 
   /**
@@ -202,14 +237,14 @@ export class DbSessionCtx {
    * ```
    */
   async closeSession(db: DbConnect): Promise<void> {
-    const entry = this.#sessions.get(db);
+    const entry = this.#sessions?.get(db);
     // While finishing, the outcome is the context's to decide: closing now would roll back work
     // that the finish is about to commit.
     if (entry === undefined || this.#state !== 'open') return;
-    this.#sessions.delete(db);
+    this.#sessions?.delete(db);
     const session = await settled(entry);
     if (session === undefined) return;
-    this.#resolved.delete(session);
+    this.#resolved?.delete(session);
     // end(), not close(): taken out of the context, it is ours to end even if a finish has
     // sealed it meanwhile (the finish no longer sees it).
     await session.end(false);
@@ -263,8 +298,8 @@ export class DbSessionCtx {
     // calls this would wait for the finish that waits for it.
     if (this.#state !== 'open') return;
     const sessions = await this.#settledSessions();
-    this.#sessions.clear();
-    this.#resolved.clear();
+    this.#sessions?.clear();
+    this.#resolved?.clear();
     await Promise.all(sessions.map((session) => session.close()));
   }
 
@@ -285,9 +320,9 @@ export class DbSessionCtx {
     if (this.#finishing === undefined) {
       if (this.#deadline !== undefined) clearTimeout(this.#deadline);
       // Most requests that never asked for a session end here, without a chain of awaits.
-      if (this.#sessions.size === 0) {
+      if (this.#sessions === undefined || this.#sessions.size === 0) {
         this.#state = 'finished';
-        this.#finishing = Promise.resolve();
+        this.#finishing = DONE;
       } else {
         this.#finishing = this.#finish(options);
       }
@@ -353,7 +388,7 @@ export class DbSessionCtx {
     if (this.#state !== 'open') return;
     if (this.#deadline !== undefined) clearTimeout(this.#deadline);
     this.#state = 'finished';
-    this.#finishing = Promise.resolve();
+    this.#finishing = DONE;
   }
 
   async #finish(options: FinishOptions): Promise<void> {
@@ -366,11 +401,12 @@ export class DbSessionCtx {
       failure = err; // a throwing commitOn: roll back, and report it as the failure
     }
     // From here on, new work on these sessions fails; work already queued runs before the end.
-    for (const session of this.#resolved) session.seal();
+    const resolved = this.#resolved ?? new Set<DbSession>();
+    for (const session of resolved) session.seal();
     // Rolling back (an error, a client gone): end now, before any await; aborted, cut off
     // what runs too.
     const aborted = this.#aborted;
-    if (!commit) for (const session of this.#resolved) void rollBack(session, aborted);
+    if (!commit) for (const session of resolved) void rollBack(session, aborted);
     let sessions: DbSession[] = [];
     try {
       sessions = await this.#settledSessions();
@@ -380,8 +416,8 @@ export class DbSessionCtx {
       failure = err;
     } finally {
       this.#state = 'finished';
-      this.#sessions.clear();
-      this.#resolved.clear();
+      this.#sessions?.clear();
+      this.#resolved?.clear();
       // After a commit every session has ended; otherwise roll back whatever is left. (A session
       // whose COMMIT failed answers with that failure again: it is already in `failure`.)
       if (!commit || failure !== undefined)
@@ -393,9 +429,11 @@ export class DbSessionCtx {
   }
 
   async #settledSessions(): Promise<DbSession[]> {
+    const all = this.#sessions;
+    if (all === undefined) return [];
     // Usually every session is made by now: nothing to wait for, no promise per session.
-    if (this.#resolved.size === this.#sessions.size) return [...this.#resolved];
-    const sessions = await Promise.all([...this.#sessions.values()].map(settled));
+    if (this.#resolved !== undefined && this.#resolved.size === all.size) return [...this.#resolved];
+    const sessions = await Promise.all([...all.values()].map(settled));
     return sessions.filter((session): session is DbSession => session !== undefined);
   }
 }

@@ -1,5 +1,5 @@
 import { AsyncResource } from 'node:async_hooks';
-import type { OutgoingHttpHeaders } from 'node:http';
+import { IncomingMessage, type OutgoingHttpHeaders } from 'node:http';
 import {
   type ContextDbOptions,
   createDbHelpers,
@@ -74,14 +74,28 @@ const SKIPPED = outside();
 // noContextDb(): the rest of the request stays outside.
 const OPTED_OUT = outside();
 
-/** One request's context and the hold on its response until the commit-or-rollback decision. */
+// The request's link, for the methods shared by every held response and request: a field of the
+// response or request rather than a closure per request.
+const kLink = Symbol('contextDb.link');
+type Linked<T> = T & { [kLink]?: RequestLink };
+
+/**
+ * One request's context and the hold on its response until the commit-or-rollback decision.
+ * The hold and the watch for a client leaving start with the request's first session
+ * (`sessionRequested`): a request that never makes one has nothing to hold back or release.
+ */
 class RequestLink implements Scope {
   #error: unknown; // the first error that reached the error-handling layers
   readonly #req: Request;
   readonly #res: Response;
   readonly #rc: RequestCtx;
-  readonly #write: Method;
-  readonly #end: Method;
+  readonly #emit: Method;
+  readonly #inside: AsyncResource;
+  // Node's (or earlier wrappers') methods, as they were when the hold started.
+  #write: Method = noMethod;
+  #end: Method = noMethod;
+  #flushHeaders: Method = noMethod;
+  #writeHead: Method = noMethod;
   #phase: Phase = 'open';
   #appEnded = false;
   #optedOut = false;
@@ -90,48 +104,94 @@ class RequestLink implements Scope {
   #starved = false; // a held write returned false: the writer waits for 'drain'
   #queue: Array<{ method: Method; args: unknown[] }> = [];
 
-  constructor(req: Request, res: Response, rc: RequestCtx) {
+  constructor(req: Request, res: Response, options: ContextDbOptions) {
     this.#req = req;
     this.#res = res;
-    this.#rc = rc;
-    // The methods as they are now, so middleware that wrapped them earlier (compression) still runs.
-    this.#write = res.write as Method;
-    this.#end = res.end as Method;
-    const flushHeaders = res.flushHeaders as Method;
-    const link = this;
-    res.write = ((...args: unknown[]) => link.#hold(link.#write, args, true)) as Response['write'];
-    res.end = ((...args: unknown[]) => {
-      link.#hold(link.#end, args, false);
-      link.#appEnded = true;
-      return res;
-    }) as Response['end'];
-    res.flushHeaders = (...args: unknown[]) => {
-      link.#hold(flushHeaders, args, false);
-    };
-    // Node stores the head at writeHead() (res.headersSent turns true) though no byte is sent
-    // before the first write, which the hold keeps back: from then on a res.status() no longer
-    // reaches the client, so the status of that head is what decides the outcome.
-    const writeHead = res.writeHead as Method;
-    res.writeHead = ((...args: unknown[]) => {
-      // The app wrote or ended its response already, so unheld Node would have sent its head: a
-      // later head (an error handler's) must not replace the one the outcome was decided on.
-      if (link.#phase === 'deciding') return res;
-      if (!res.headersSent) link.#beforeHead = headState(res);
-      writeHead.apply(res, args);
-      if (link.#phase === 'open' && res.headersSent) link.#fixedStatus = res.statusCode;
-      return res;
-    }) as Response['writeHead'];
+    this.#rc = RequestCtx.open(options, this);
     // Stream events of req (body parsers, multipart parsers, any req.on('end', next)) are
     // emitted from the socket's callbacks, whose async context is the connection's, not this
-    // request's: emit them inside the request's context so a next() called there still finds it.
-    const inside = new AsyncResource('contextDb.request');
-    const emit = req.emit as Method;
-    req.emit = function (this: Request, ...args: unknown[]) {
-      return link.#optedOut ? emit.apply(this, args) : inside.runInAsyncScope(emit, this, ...args);
-    } as Request['emit'];
-    // The client went away: roll back and release now, not when the handler is done. After a
-    // normal end this is a no-op (the context is finished already).
-    res.once('close', () => rc.abort());
+    // request's: emit them inside the request's context so a next() called there still finds it
+    // (and can make the request's first session there).
+    this.#inside = new AsyncResource('contextDb.request');
+    this.#emit = req.emit as Method;
+    (req as Linked<Request>)[kLink] = this;
+    req.emit = emitInRequestScope as Request['emit'];
+  }
+
+  /** Run the request's context (see `RequestCtx.run`). */
+  run<R>(fn: () => R): R {
+    return this.#rc.run(fn);
+  }
+
+  emit(req: Request, args: unknown[]): unknown {
+    return this.#optedOut ? this.#emit.apply(req, args) : this.#inside.runInAsyncScope(this.#emit, req, ...args);
+  }
+
+  /**
+   * Called by the request's context before its first session is made: hold the response from
+   * now on, and roll back at once when the client goes away. What the response did before is
+   * read from it as it is.
+   */
+  sessionRequested(): void {
+    const res = this.#res as Linked<Response>;
+    const sent = res as unknown as { _headerSent: boolean };
+    if (sent._headerSent || res.writableEnded) {
+      // The response is under way: as for a write while nothing was held, the outcome stands and
+      // the context ends here, so the session is refused.
+      this.#phase = 'through';
+      void this.#rc.end(this.#status(), this.#error);
+      return;
+    }
+    if (res.closed) {
+      // The client went away before anything asked for a session: refuse it.
+      this.#rc.abort();
+      return;
+    }
+    // A head stored by writeHead() with no byte sent: its status decides the outcome.
+    if (res.headersSent) this.#fixedStatus = res.statusCode;
+    // The methods as they are now, so middleware that wrapped them (compression) still runs.
+    this.#write = res.write as Method;
+    this.#end = res.end as Method;
+    this.#flushHeaders = res.flushHeaders as Method;
+    this.#writeHead = res.writeHead as Method;
+    res[kLink] = this;
+    res.write = heldWrite as Response['write'];
+    res.end = heldEnd as Response['end'];
+    res.flushHeaders = heldFlushHeaders;
+    res.writeHead = heldWriteHead as Response['writeHead'];
+    // After a normal end the abort is a no-op (the context is finished already).
+    res.on('close', abortOnClose);
+  }
+
+  write(args: unknown[]): boolean {
+    return this.#hold(this.#write, args, true);
+  }
+
+  end(args: unknown[]): void {
+    this.#hold(this.#end, args, false);
+    this.#appEnded = true;
+  }
+
+  flushHeaders(args: unknown[]): void {
+    this.#hold(this.#flushHeaders, args, false);
+  }
+
+  // Node stores the head at writeHead() (res.headersSent turns true) though no byte is sent
+  // before the first write, which the hold keeps back: from then on a res.status() no longer
+  // reaches the client, so the status of that head is what decides the outcome.
+  writeHead(args: unknown[]): void {
+    const res = this.#res;
+    // The app wrote or ended its response already, so unheld Node would have sent its head: a
+    // later head (an error handler's) must not replace the one the outcome was decided on.
+    if (this.#phase === 'deciding') return;
+    if (!res.headersSent) this.#beforeHead = headState(res);
+    this.#writeHead.apply(res, args);
+    if (this.#phase === 'open' && res.headersSent) this.#fixedStatus = res.statusCode;
+  }
+
+  /** The client went away (or the response was destroyed). */
+  abort(): void {
+    this.#rc.abort();
   }
 
   /** Options of a contextDb() nested under the one that opened the context (a sub-app's). */
@@ -167,7 +227,7 @@ class RequestLink implements Scope {
     this.#phase = 'through';
     this.#optedOut = true;
     (this.#req as ScopedRequest)[kScope] = OPTED_OUT;
-    void this.#rc.end(this.#status(), this.#error).then((failure) => {
+    void this.#rc.end(this.#status(), this.#error).then((failure: unknown) => {
       if (failure === undefined) runOutsideCtx(next);
       else runOutsideCtx(() => next(failure));
     });
@@ -257,6 +317,46 @@ class RequestLink implements Scope {
     this.#end.call(res, body);
     if (this.#starved) res.emit('drain'); // wake a waiting writer; its writes are dropped
   }
+}
+
+const noMethod: Method = () => undefined;
+
+// The held response's methods, the same functions for every request: each finds its request's
+// link on the response it is called on.
+function heldWrite(this: Linked<Response>, ...args: unknown[]): boolean {
+  const link = this[kLink];
+  return link === undefined
+    ? (Object.getPrototypeOf(this).write as Method).apply(this, args) !== false
+    : link.write(args);
+}
+
+function heldEnd(this: Linked<Response>, ...args: unknown[]): Response {
+  const link = this[kLink];
+  if (link === undefined) (Object.getPrototypeOf(this).end as Method).apply(this, args);
+  else link.end(args);
+  return this;
+}
+
+function heldFlushHeaders(this: Linked<Response>, ...args: unknown[]): void {
+  const link = this[kLink];
+  if (link === undefined) (Object.getPrototypeOf(this).flushHeaders as Method).apply(this, args);
+  else link.flushHeaders(args);
+}
+
+function heldWriteHead(this: Linked<Response>, ...args: unknown[]): Response {
+  const link = this[kLink];
+  if (link === undefined) (Object.getPrototypeOf(this).writeHead as Method).apply(this, args);
+  else link.writeHead(args);
+  return this;
+}
+
+function abortOnClose(this: Linked<Response>): void {
+  this[kLink]?.abort();
+}
+
+function emitInRequestScope(this: Linked<Request>, ...args: unknown[]): unknown {
+  const link = this[kLink];
+  return link === undefined ? (Object.getPrototypeOf(this).emit as Method).apply(this, args) : link.emit(this, args);
 }
 
 interface Head {
@@ -384,6 +484,8 @@ const paramsProperty: PropertyDescriptor = {
   },
   set(this: WatchedRequest, value: unknown) {
     this[kParams] = value;
+    // A request contextDb() has not reached (yet): nothing to watch.
+    if ((this as ScopedRequest)[kScope] === undefined) return;
     const app = this.app;
     if (app !== this[kApp]) {
       this[kApp] = app;
@@ -392,11 +494,37 @@ const paramsProperty: PropertyDescriptor = {
   },
 };
 
+// The accessor goes once on the topmost Express prototype of the request (that of its Express
+// copy, which every app of that copy, mounted ones included, inherits) rather than on each
+// request: defining a property on an object per request is slow, and makes later property
+// accesses on it slower too.
+const watchedPrototypes = new WeakSet<object>();
+
 function watchApps(req: Request): void {
   const watched = req as WatchedRequest;
-  watched[kParams] = req.params;
   watched[kApp] = req.app;
+  // Assigned through the accessor already: nothing more to do.
+  if (!Object.hasOwn(req, 'params')) return;
+  // The first request of an Express copy (its params were assigned before the accessor existed),
+  // or a request whose prototype chain has no room for it: watch this request by itself.
+  watched[kParams] = req.params;
   Object.defineProperty(req, 'params', paramsProperty);
+  const base = expressBase(req);
+  if (base !== undefined && !watchedPrototypes.has(base)) {
+    watchedPrototypes.add(base);
+    Object.defineProperty(base, 'params', paramsProperty);
+  }
+}
+
+/** The prototype just above Node's IncomingMessage in the request's chain, if it has one. */
+function expressBase(req: Request): object | undefined {
+  let at: object | null = Object.getPrototypeOf(req) as object | null;
+  while (at !== null) {
+    const above = Object.getPrototypeOf(at) as object | null;
+    if (above === IncomingMessage.prototype) return Object.hasOwn(at, 'params') ? undefined : at;
+    at = above;
+  }
+  return undefined;
 }
 
 interface Router {
@@ -556,11 +684,9 @@ export function contextDb(options: ContextDbExpressOptions = {}): RequestHandler
       scoped[kScope] = SKIPPED;
       return leaveCtx(next);
     }
-    const rc = RequestCtx.open(options);
-    rc.run(() => {
-      scoped[kScope] = new RequestLink(req, res, rc);
-      next();
-    });
+    const link = new RequestLink(req, res, options);
+    scoped[kScope] = link;
+    link.run(next);
   };
 }
 

@@ -74,20 +74,65 @@ export type ContextDbPluginOptions = ContextDbOptions;
 // (the error response of a failed commit) goes out as Fastify makes it.
 type Phase = 'open' | 'deciding' | 'decided';
 
-interface RequestState {
+/**
+ * One request's context and where its reply stands. Its methods are what `RequestCtx` calls
+ * back (no closure per request): only once the request asks for a session does it watch the
+ * client and the head that goes out, so a request that never does pays for neither.
+ */
+class RequestState {
   readonly rc: RequestCtx;
-  error: unknown;
-  phase: Phase;
+  error: unknown = undefined;
+  phase: Phase = 'open';
   /** The status in the head that went out: a hijacked reply's outcome. */
-  sentStatus: number | undefined;
+  sentStatus: number | undefined = undefined;
   /** A stream body held until its first chunk; destroyed if the client goes away meanwhile. */
-  held: Readable | undefined;
+  held: Readable | undefined = undefined;
   /** A second send was dropped while deciding (it may have changed the status or headers). */
-  dropped: boolean;
-  /** The route's own last onSend hook decides (see onRoute); the global one only re-enters. */
-  readonly routeDecides: boolean;
-  /** A HEAD twin: Fastify's hook after the deciding one drops the body. */
-  readonly dropsBody: boolean;
+  dropped = false;
+
+  constructor(
+    readonly request: FastifyRequest,
+    readonly reply: FastifyReply,
+    options: ContextDbOptions,
+    /** The route's own last onSend hook decides (see onRoute); the global one only re-enters. */
+    readonly routeDecides: boolean,
+    /** A HEAD twin: Fastify's hook after the deciding one drops the body. */
+    readonly dropsBody: boolean,
+  ) {
+    this.rc = RequestCtx.open(options, this);
+  }
+
+  hookError(err: unknown, kind: string): void {
+    this.request.log.error({ err }, `context-db: an ${kind} hook threw; the transaction's outcome stands`);
+  }
+
+  /**
+   * The request asks for its first session. From now on a client that leaves rolls back at once
+   * ('close' before the end), and a hijacked reply (which onSend never sees) is decided by the
+   * head it sent when it finishes. What happened before is read from the response as it is.
+   */
+  sessionRequested(): void {
+    const res = this.reply.raw;
+    if (res.headersSent) this.sentStatus ??= res.statusCode;
+    else recordSentStatus(res, this);
+    // Closed already (the client left, or a hijacked reply ended): what 'close' would have done
+    // happens now, and it ends the context, so that the session is refused.
+    if (res.closed) {
+      onClose(this, this.reply);
+      return;
+    }
+    (res as WatchedResponse)[kState] = this;
+    res.on('close', onResponseClose);
+  }
+}
+
+// The response's request state, for the one 'close' listener all responses share.
+const kState = Symbol('context-db state');
+type WatchedResponse = ServerResponse & { [kState]?: RequestState };
+
+function onResponseClose(this: WatchedResponse): void {
+  const state = this[kState];
+  if (state !== undefined) onClose(state, state.reply);
 }
 
 // An opted-out request (config.contextDb false): its hooks and handler run outside any context,
@@ -127,8 +172,15 @@ interface Head {
 }
 
 // Module-level rather than per plugin instance: a second registration in a child scope finds the
-// request's state and joins it, so one request keeps one context and one transaction.
-const states = new WeakMap<FastifyRequest, Entry>();
+// request's state and joins it, so one request keeps one context and one transaction. A field of
+// the request rather than a WeakMap entry: every hook reads it, and a WeakMap entry per request
+// costs the garbage collector more than the request's own objects.
+const kEntry = Symbol('context-db request');
+type EntryRequest = FastifyRequest & { [kEntry]?: Entry };
+
+function entryOf(request: FastifyRequest): Entry | undefined {
+  return (request as EntryRequest)[kEntry];
+}
 
 // Async so that a thrown InvalidOptionsError rejects register()/ready() instead of crashing.
 const plugin: FastifyPluginAsync<ContextDbPluginOptions> = async (fastify, options) => {
@@ -148,12 +200,13 @@ const plugin: FastifyPluginAsync<ContextDbPluginOptions> = async (fastify, optio
   });
 
   fastify.addHook('onRequest', (request, reply, next) => {
-    const config: FastifyContextConfig & MarkedConfig = request.routeOptions.config;
+    const route = request.routeOptions; // a getter that builds a new object: read it once
+    const config: FastifyContextConfig & MarkedConfig = route.config;
     if (config.contextDb === false) {
-      states.set(request, OUTSIDE);
+      (request as EntryRequest)[kEntry] = OUTSIDE;
       return leave(next);
     }
-    const joined = states.get(request);
+    const joined = entryOf(request);
     if (joined !== undefined && joined !== OUTSIDE) {
       // Registered again in a child scope with options of its own: those, the more specific,
       // decide this request's outcome (silently keeping the outer ones would commit what the
@@ -161,33 +214,24 @@ const plugin: FastifyPluginAsync<ContextDbPluginOptions> = async (fastify, optio
       joined.rc.useOptions(ctxOptions);
       return next();
     }
-    const state: RequestState = {
-      rc: RequestCtx.open(ctxOptions, (err, kind) =>
-        request.log.error({ err }, `context-db: an ${kind} hook threw; the transaction's outcome stands`),
-      ),
-      error: undefined,
-      phase: 'open',
-      sentStatus: undefined,
-      held: undefined,
-      dropped: false,
-      routeDecides: config[routeDecides] === true,
-      dropsBody: config[headTwin] === true,
-    };
-    states.set(request, state);
+    const state = new RequestState(
+      request,
+      reply,
+      ctxOptions,
+      config[routeDecides] === true,
+      config[headTwin] === true,
+    );
+    (request as EntryRequest)[kEntry] = state;
     if (config.contextDb !== undefined && config.contextDb !== true) {
       try {
-        const transaction = routeOptions(config.contextDb, `${request.method} ${request.routeOptions.url}`);
+        const transaction = routeOptions(config.contextDb, `${request.method} ${route.url}`);
         if (transaction !== undefined) state.rc.setTransactionOptions(transaction);
       } catch (err) {
         state.error = err;
         return state.rc.run(() => next(err as Error));
       }
     }
-    recordSentStatus(reply.raw, state);
-    watchHandlerTimeout(request, state);
-    // 'close' fires on every response: after a normal end (nothing left to do), after a hijacked
-    // reply the handler finished itself (onSend never ran), or when the client went away first.
-    reply.raw.once('close', () => onClose(state, reply));
+    watchHandlerTimeout(request, route.handlerTimeout, state);
     state.rc.run(next);
   });
 
@@ -235,7 +279,7 @@ const plugin: FastifyPluginAsync<ContextDbPluginOptions> = async (fastify, optio
   });
 
   fastify.addHook('onError', (request, _reply, error, next) => {
-    const state = states.get(request);
+    const state = entryOf(request);
     if (state !== undefined && state !== OUTSIDE && state.error === undefined) state.error = error;
     next();
   });
@@ -243,7 +287,7 @@ const plugin: FastifyPluginAsync<ContextDbPluginOptions> = async (fastify, optio
   // For a route onRoute did not see (declared before the plugin loaded, the 404 handler), the
   // app-level onSend decides; for the others it only re-enters.
   fastify.addHook('onSend', (request, reply, payload, done) => {
-    const state = states.get(request);
+    const state = entryOf(request);
     if (state === undefined || state === OUTSIDE || state.routeDecides) return resume(request, done);
     decideOnSend(request, reply, payload, done);
   });
@@ -272,7 +316,7 @@ function decidingLast<O extends NotFoundOptions>(options: O, dropsBody = false):
 // still turn the response into an error. A callback hook, not an async one: a request that
 // made no session passes without a promise.
 function decideOnSend(request: FastifyRequest, reply: FastifyReply, payload: unknown, done: OnSendDone): void {
-  const state = states.get(request);
+  const state = entryOf(request);
   if (state === undefined || state === OUTSIDE || state.phase === 'decided') {
     done(null, payload);
   } else if (state.phase === 'deciding') {
@@ -425,7 +469,7 @@ function recordSentStatus(res: ServerResponse, state: RequestState): void {
 }
 
 function resume(request: FastifyRequest, next: () => void): void {
-  const state = states.get(request);
+  const state = entryOf(request);
   if (state === undefined) next();
   else if (state === OUTSIDE) leave(next);
   else if (state.rc.current) next();
@@ -461,8 +505,7 @@ function aroundEach<H, R>(hooks: H | H[] | undefined, re: R, always = false): (H
 // then answers 503: the request's database work is past its deadline too, so the running
 // statement is cancelled and the transaction rolled back rather than left to run. Fastify makes
 // request.signal on first use, so it is only touched when a timeout can abort it.
-function watchHandlerTimeout(request: FastifyRequest, state: RequestState): void {
-  const ms = request.routeOptions.handlerTimeout;
+function watchHandlerTimeout(request: FastifyRequest, ms: number, state: RequestState): void {
   if (!(ms > 0)) return;
   const { signal } = request;
   signal.addEventListener(
@@ -475,6 +518,9 @@ function watchHandlerTimeout(request: FastifyRequest, state: RequestState): void
   );
 }
 
+// 'close' fires on every response whose request made a session: after a normal end (nothing
+// left to do), after a hijacked reply the handler finished itself (onSend never ran), or when
+// the client went away first.
 function onClose(state: RequestState, reply: FastifyReply): void {
   if (state.phase === 'decided') return;
   if (!reply.raw.writableEnded) {

@@ -1,4 +1,4 @@
-import { validateHeaderValue } from 'node:http';
+import { type ServerResponse, validateHeaderValue } from 'node:http';
 import type { Readable } from 'node:stream';
 import {
   type ContextDbOptions,
@@ -47,20 +47,68 @@ const OUTSIDE: Scope = {
   run: runOutsideCtx,
 };
 
-interface KoaRequest {
+/**
+ * One request's context. Its methods are what `RequestCtx` calls back (no closure per request):
+ * only once the request asks for a session does it watch for the client leaving.
+ */
+class KoaRequest {
   readonly rc: RequestCtx;
   // Becomes OUTSIDE when noContextDb() or an inner skip opts the rest of the request out, so
   // that the dispatch below contextDb() stops re-entering the request's context.
   scope: Scope;
+  /** The 'close' listener is on the response (from the first session on). */
+  watching = false;
+
+  constructor(
+    readonly ctx: { readonly app: { emit(event: string, ...args: unknown[]): boolean }; readonly res: ServerResponse },
+    options: ContextDbOptions,
+  ) {
+    this.rc = RequestCtx.open(options, this);
+    this.scope = this.rc;
+  }
+
+  // A throwing onCommit / onRollback hook goes where Koa reports errors (app.on('error')), as
+  // an Error of its own: Koa's default handler skips non-Errors, 404s and exposed errors.
+  hookError(err: unknown, kind: string): void {
+    this.ctx.app.emit('error', hookFailure(err, kind), this.ctx);
+  }
+
+  // 'close' before the response finished means the client went away: release its connection
+  // now rather than when the handler notices. A client already gone refuses the session.
+  sessionRequested(): void {
+    const res = this.ctx.res as WatchedResponse;
+    if (res.closed) {
+      if (!res.writableFinished) this.rc.abort();
+      return;
+    }
+    res[kRequest] = this;
+    res.on('close', onResponseClose);
+    this.watching = true;
+  }
+
+  /** The outcome is decided: a later 'close' has nothing to release. */
+  unwatch(): void {
+    if (this.watching) this.ctx.res.off('close', onResponseClose);
+    this.watching = false;
+  }
+}
+
+type WatchedResponse = ServerResponse & { [kRequest]?: KoaRequest };
+
+function onResponseClose(this: WatchedResponse): void {
+  // After end() abort() is a no-op; before, the client went away.
+  if (!this.writableFinished) this[kRequest]?.rc.abort();
 }
 
 // The request each Koa context belongs to, so that a second contextDb() on the same request (a
-// mounted app, a router) finds it instead of opening a second transaction.
-const requests = new WeakMap<object, KoaRequest>();
+// mounted app, a router) finds it instead of opening a second transaction; and whether a
+// contextDb() dispatches the app's chain itself (see runBelow). Fields of the Koa context rather
+// than WeakMap entries: an entry per request costs the garbage collector more than the field.
+const kRequest = Symbol('context-db request');
+const kDispatched = Symbol('context-db dispatched');
+type TrackedCtx = { [kRequest]?: KoaRequest; [kDispatched]?: true };
 // Helpers made by contextDb(): any other ctx.db is the app's own, and is not overwritten.
 const ownHelpers = new WeakSet<DbHelpers>();
-// Requests whose app chain a contextDb() dispatches itself (see runBelow).
-const dispatched = new WeakSet<object>();
 
 /**
  * Koa middleware that runs the rest of the request in a context-db context and ends it after
@@ -90,7 +138,8 @@ export function contextDb<StateT = DefaultState, ContextT = DefaultContext>(
   const { skip } = options;
   const below = chainBelow();
   const contextDbMiddleware: Middleware<StateT, ContextT> = async (ctx, next) => {
-    const outer = requests.get(ctx);
+    const tracked = ctx as TrackedCtx;
+    const outer = tracked[kRequest];
     if (outer !== undefined) return joinRequest(ctx, next, outer, helpers, skip?.(ctx) === true, options);
     claimDb(ctx);
     // Set on skipped requests too: the helpers need no context, and newSession() still works.
@@ -98,22 +147,13 @@ export function contextDb<StateT = DefaultState, ContextT = DefaultContext>(
     // Once the app's chain is dispatched for this request, a contextDb() reached again (this
     // same instance used on a route, below a skipping app-level install) must go on with the
     // `next` it was given: dispatching the app's chain again would recurse without end.
-    const chain = dispatched.has(ctx) ? undefined : below(ctx, contextDbMiddleware);
-    if (chain !== undefined) dispatched.add(ctx);
+    const chain = tracked[kDispatched] === true ? undefined : below(ctx, contextDbMiddleware);
+    if (chain !== undefined) tracked[kDispatched] = true;
     // Not registered: a skipped request has no transaction for an inner install to join.
     if (skip?.(ctx)) return runBelow(ctx, chain, next, { scope: OUTSIDE });
-    // A throwing onCommit / onRollback hook goes where Koa reports errors (app.on('error')), as
-    // an Error of its own: Koa's default handler skips non-Errors, 404s and exposed errors.
-    const rc = RequestCtx.open(options, (err, kind) => ctx.app.emit('error', hookFailure(err, kind), ctx));
-    const request: KoaRequest = { rc, scope: rc };
-    requests.set(ctx, request);
-    const { res } = ctx;
-    // 'close' before the response finished means the client went away: release its connection
-    // now rather than when the handler notices. After end() below, abort() is a no-op.
-    const onClose = (): void => {
-      if (!res.writableFinished) rc.abort();
-    };
-    res.once('close', onClose);
+    const request = new KoaRequest(ctx, options);
+    const { rc } = request;
+    tracked[kRequest] = request;
     let held = false;
     try {
       try {
@@ -129,7 +169,7 @@ export function contextDb<StateT = DefaultState, ContextT = DefaultContext>(
         return;
       }
       if (ctx.respond !== false && !ctx.headerSent && !isStreamed(ctx.body)) {
-        holdResponse(ctx, rc, onClose);
+        holdResponse(ctx, request);
         held = true;
         return;
       }
@@ -147,7 +187,7 @@ export function contextDb<StateT = DefaultState, ContextT = DefaultContext>(
         throw asServerError(failure);
       }
     } finally {
-      if (!held) res.off('close', onClose);
+      if (!held) request.unwatch();
     }
   };
   return contextDbMiddleware;
@@ -178,11 +218,11 @@ function runBelow(
     const fn = chain[i];
     // The end of the app's chain: Koa's own final next() does nothing either.
     if (fn === undefined) return Promise.resolve();
-    const step = (): unknown => fn(ctx, () => dispatch(i + 1));
+    const resume = (): Promise<unknown> => dispatch(i + 1);
     // Read at every step: noContextDb() may have opted the request out since the last one.
     const { scope } = request;
     try {
-      return Promise.resolve(scope.current ? step() : scope.run(step));
+      return Promise.resolve(scope.current ? fn(ctx, resume) : scope.run(() => fn(ctx, resume)));
     } catch (error) {
       return Promise.reject(error);
     }
@@ -300,11 +340,8 @@ type Method = (...args: unknown[]) => unknown;
  * commits first. The response's first write, end or head is held until the outcome is known, and
  * a failed COMMIT becomes Koa's own 500 instead.
  */
-function holdResponse<StateT, ContextT>(
-  ctx: ParameterizedContext<StateT, ContextT>,
-  rc: RequestCtx,
-  onClose: () => void,
-): void {
+function holdResponse<StateT, ContextT>(ctx: ParameterizedContext<StateT, ContextT>, request: KoaRequest): void {
+  const { rc } = request;
   const { res } = ctx;
   const original = { writeHead: res.writeHead, write: res.write, end: res.end, flushHeaders: res.flushHeaders };
   // 'holding': nothing written yet; 'deciding': RequestCtx.end() runs and calls are queued;
@@ -330,7 +367,7 @@ function holdResponse<StateT, ContextT>(
   };
   const decide = async (): Promise<void> => {
     const failure = await rc.end(res.statusCode);
-    res.off('close', onClose);
+    request.unwatch();
     if (failure === undefined) {
       phase = 'through';
       for (const { method, args } of queue.splice(0)) method.apply(res, args);
@@ -407,8 +444,8 @@ export function transactionOptions<StateT = DefaultState, ContextT = DefaultCont
   const apply = routeTransactionOptions(options, 'transactionOptions()');
   return function transactionOptionsMiddleware(ctx, next) {
     // A request skip() or noContextDb() keeps outside has no transaction to set options for.
-    const request = requests.get(ctx);
-    const outside = request === undefined ? dispatched.has(ctx) : request.scope === OUTSIDE;
+    const { [kRequest]: request, [kDispatched]: dispatched } = ctx as TrackedCtx;
+    const outside = request === undefined ? dispatched === true : request.scope === OUTSIDE;
     if (!outside) apply();
     return next();
   };
@@ -422,7 +459,7 @@ function hookFailure(err: unknown, kind: string): Error {
 // Marks the request too: contextDb()'s dispatch of the app's chain would otherwise re-enter the
 // request's context at the next middleware.
 function optOut(ctx: object, next: () => Promise<unknown>): Promise<unknown> {
-  const request = requests.get(ctx);
+  const request = (ctx as TrackedCtx)[kRequest];
   if (request !== undefined) request.scope = OUTSIDE;
   return runOutsideCtx(next);
 }

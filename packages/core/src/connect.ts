@@ -172,6 +172,22 @@ interface Waiter {
   reject(err: unknown): void;
 }
 
+/**
+ * pg-pool's end() waits for the connections it is still opening, and nothing public calls one
+ * off: against an unreachable host, close() (the last step of a graceful shutdown) would wait
+ * out connectionTimeoutMillis. Nobody waits for them any more, so their sockets are destroyed;
+ * each attempt then fails at once and leaves the pool. Private fields of pg and pg-pool, read
+ * defensively: with another version this does nothing and close() only waits longer.
+ */
+function callOffConnecting(pool: Pool): void {
+  const clients = (pool as unknown as { _clients?: unknown })._clients;
+  if (!Array.isArray(clients)) return;
+  for (const client of clients as Array<{ _connecting?: unknown; connection?: { stream?: { destroy?: unknown } } }>) {
+    const stream = client.connection?.stream;
+    if (client._connecting === true && typeof stream?.destroy === 'function') (stream.destroy as () => void)();
+  }
+}
+
 const warnPoolError = (err: Error): void => {
   console.warn(`context-db: an idle pooled connection failed and was discarded: ${err.message}`);
 };
@@ -218,13 +234,16 @@ export class DbConnect {
         return hosts.generation;
       },
       withdraw: (pending, reason) => {
-        const waiter = this.#waiters.get(pending);
-        // Not queued behind a full pool: the connection is on its way (an idle one handed over, a
-        // new one opening), and the session's end releases it unused as soon as it comes, before
-        // abort() resolves. Only a wait that lasts until another session releases is cut short.
-        if (waiter === undefined || waiter.pool.waitingCount === 0) return;
-        this.#waiters.delete(pending);
-        waiter.reject(reason);
+        if (!this.#waiters.has(pending)) return;
+        // An idle connection the pool is handing over arrives within this turn of the event loop;
+        // the session's end then releases it unused before abort() resolves. A wait that outlasts
+        // the turn (queued behind a full pool, a connection being opened) fails now.
+        setImmediate(() => {
+          const waiter = this.#waiters.get(pending);
+          if (waiter === undefined) return;
+          this.#waiters.delete(pending);
+          waiter.reject(reason);
+        });
       },
       release: (client, destroy) => poolScope.runInAsyncScope(() => client.release(destroy)),
       defaults:
@@ -381,6 +400,9 @@ export class DbConnect {
     this.#pool = undefined;
     for (const waiter of this.#waiters.values()) waiter.reject(new DbConnectClosedError());
     this.#waiters.clear();
-    await pool?.end();
+    if (pool === undefined) return;
+    const ended = pool.end();
+    callOffConnecting(pool);
+    await ended;
   }
 }

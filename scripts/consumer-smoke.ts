@@ -5,6 +5,9 @@
 // whose @ts-expect-error probes fail if `request.db`, `req.db`, `ctx.db` or query rows lose their
 // types, then runs the nodenext build: one committing and one rolled-back request per framework
 // against DATABASE_URL. The ESM app uses Express 5 and Koa 3, the CJS app Express 4 and Koa 2.
+// The ESM app also installs @context-db/kysely and @context-db/drizzle with their peers (kysely,
+// drizzle-orm) and type-checks and runs test/consumer/query-builders: typed rows, a wrong column
+// refused, one insert and one select through each on a context session.
 //
 //   tsx scripts/with-db.ts tsx scripts/consumer-smoke.ts      (after pnpm build)
 import { existsSync } from 'node:fs';
@@ -13,8 +16,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pack, publishablePackages, root, run } from './packages.js';
 
-/** The four packages the app uses; others (query-builder integrations) are checked by check-packages.ts. */
-const used = ['@context-db/core', '@context-db/express', '@context-db/fastify', '@context-db/koa'];
+/** The packages both apps use. */
+const adapters = ['@context-db/core', '@context-db/express', '@context-db/fastify', '@context-db/koa'];
+const queryBuilders = ['@context-db/kysely', '@context-db/drizzle'];
 
 interface App {
   readonly name: 'esm' | 'cjs';
@@ -28,6 +32,10 @@ interface App {
    */
   readonly skipLibCheck: boolean;
   readonly dependencies: Readonly<Record<string, string>>;
+  /** The @context-db packages installed from their tarballs, core first. */
+  readonly packages: readonly string[];
+  /** Whether test/consumer/query-builders is checked and run too. */
+  readonly queryBuilders: boolean;
 }
 
 const common = { pg: '^8.16.0', fastify: '^5.6.0', typescript: '~5.9.3', '@types/node': '^22.0.0' };
@@ -37,7 +45,17 @@ const apps: readonly App[] = [
     type: 'module',
     tsconfigs: ['tsconfig.nodenext.json', 'tsconfig.bundler.json'],
     skipLibCheck: true,
-    dependencies: { ...common, express: '^5.1.0', '@types/express': '^5.0.3', koa: '^3.0.0', '@types/koa': '^3.0.0' },
+    dependencies: {
+      ...common,
+      express: '^5.1.0',
+      '@types/express': '^5.0.3',
+      koa: '^3.0.0',
+      '@types/koa': '^3.0.0',
+      kysely: '^0.29.9',
+      'drizzle-orm': '^0.45.4',
+    },
+    packages: [...adapters, ...queryBuilders],
+    queryBuilders: true,
   },
   {
     name: 'cjs',
@@ -51,6 +69,8 @@ const apps: readonly App[] = [
       koa: '^2.16.0',
       '@types/koa': '^2.15.0',
     },
+    packages: adapters,
+    queryBuilders: false,
   },
 ];
 
@@ -79,10 +99,13 @@ async function step(app: App, what: string, command: string, args: string[], cwd
 async function checkApp(app: App, dir: string, tarballs: Readonly<Record<string, string>>): Promise<void> {
   await mkdir(dir);
   await cp(join(root, 'test/consumer/src'), join(dir, 'src'), { recursive: true });
+  if (app.queryBuilders) {
+    await cp(join(root, 'test/consumer/query-builders'), join(dir, 'src/query-builders'), { recursive: true });
+  }
   for (const tsconfig of app.tsconfigs) await cp(join(root, 'test/consumer', tsconfig), join(dir, tsconfig));
   const dependencies = {
     ...app.dependencies,
-    ...Object.fromEntries(used.map((name) => [name, `file:${tarballs[name]}`])),
+    ...Object.fromEntries(app.packages.map((name) => [name, `file:${tarballs[name]}`])),
   };
   const manifest = { name: `context-db-consumer-${app.name}`, private: true, type: app.type, dependencies };
   await writeFile(join(dir, 'package.json'), `${JSON.stringify(manifest, null, 2)}\n`);
@@ -102,7 +125,7 @@ async function checkApp(app: App, dir: string, tarballs: Readonly<Record<string,
   if (ls.dependencies?.['@context-db/core']?.dependencies?.['@types/pg'] === undefined) {
     throw new Error(`not ok ${app.name}: @types/pg did not come with @context-db/core`);
   }
-  for (const adapter of used.slice(1)) {
+  for (const adapter of app.packages.slice(1)) {
     if (existsSync(join(dir, 'node_modules', adapter, 'node_modules/@context-db/core'))) {
       throw new Error(`not ok ${app.name}: ${adapter} has a nested copy of @context-db/core`);
     }
@@ -127,6 +150,16 @@ async function checkApp(app: App, dir: string, tarballs: Readonly<Record<string,
     dir,
   );
   process.stdout.write(`   ${output.trim()}\n`);
+  if (app.queryBuilders) {
+    const probe = await step(
+      app,
+      'Kysely and Drizzle run a query each on the context session',
+      process.execPath,
+      ['dist/query-builders/query-builders.js'],
+      dir,
+    );
+    process.stdout.write(`   ${probe.trim()}\n`);
+  }
 }
 
 const work = await mkdtemp(join(tmpdir(), 'context-db-consumer-'));
@@ -135,7 +168,8 @@ try {
   const tarballDir = join(work, 'tarballs');
   await mkdir(tarballDir);
   const tarballs: Record<string, string> = {};
-  for (const pkg of publishablePackages().filter((p) => used.includes(p.json.name))) {
+  const used = new Set(apps.flatMap((app) => app.packages));
+  for (const pkg of publishablePackages().filter((p) => used.has(p.json.name))) {
     tarballs[pkg.json.name] = await pack(pkg, tarballDir);
   }
   // Both apps at once: most of the time is npm's network and tsc, on different cores.
@@ -150,4 +184,6 @@ try {
   await rm(work, { recursive: true, force: true });
 }
 if (failed) process.exit(1);
-console.log('consumer smoke test: the ESM and the CJS app type-check and serve from the tarballs');
+console.log(
+  'consumer smoke test: the ESM and the CJS app type-check and serve from the tarballs; Kysely and Drizzle type-check and query',
+);

@@ -8,7 +8,17 @@ import { join } from 'node:path';
 import { type PackageJson, pack, publishablePackages, root, run, type WorkspacePackage } from './packages.js';
 
 const rootJson = JSON.parse(await readFile(join(root, 'package.json'), 'utf8')) as PackageJson;
+/** Where the packages will be published from; every package's URLs point into it. */
+const repoUrl = 'https://github.com/context-db/context-db';
 const license = await readFile(join(root, 'LICENSE'), 'utf8');
+
+/** A README's "Node.js N or later" that is not what `engines.node` (`>=N`) allows. */
+function nodeStatementProblems(readme: string, engines: string | undefined): string[] {
+  const minimum = /^>=(\d+(?:\.\d+)*)$/.exec(engines ?? '')?.[1];
+  return [...readme.replace(/\s+/g, ' ').matchAll(/Node\.js (\d+(?:\.\d+)*) or later/g)]
+    .filter(([, stated]) => stated !== minimum)
+    .map(([, stated]) => `README says Node.js ${stated} or later, engines.node is ${engines}`);
+}
 
 /** The problems of one packed package, apart from publint's and attw's. */
 async function metadataProblems(pkg: WorkspacePackage, tarball: string): Promise<string[]> {
@@ -27,10 +37,12 @@ async function metadataProblems(pkg: WorkspacePackage, tarball: string): Promise
   if (files.includes('package/LICENSE') && (await read('LICENSE')) !== license)
     problems.push('LICENSE differs from the root one');
   if (!json.keywords?.length) problems.push('no keywords');
-  if (!json.homepage?.startsWith('https://')) problems.push('no homepage');
-  if (!json.bugs?.url?.startsWith('https://')) problems.push('no bugs.url');
-  if (!json.repository?.url || json.repository.directory !== `packages/${pkg.dir}`) {
-    problems.push(`repository needs a url and directory "packages/${pkg.dir}"`);
+  // One repository for all: the README's folder (check-snippets.ts checks that links into it exist).
+  const homepage = `${repoUrl}/tree/main/packages/${pkg.dir}#readme`;
+  if (json.homepage !== homepage) problems.push(`homepage is not ${homepage}`);
+  if (json.bugs?.url !== `${repoUrl}/issues`) problems.push(`bugs.url is not ${repoUrl}/issues`);
+  if (json.repository?.url !== `git+${repoUrl}.git` || json.repository.directory !== `packages/${pkg.dir}`) {
+    problems.push(`repository needs url git+${repoUrl}.git and directory "packages/${pkg.dir}"`);
   }
   if (json.engines?.node !== rootJson.engines?.node) {
     problems.push(`engines.node ${json.engines?.node} is not the root's ${rootJson.engines?.node}`);
@@ -43,8 +55,9 @@ async function metadataProblems(pkg: WorkspacePackage, tarball: string): Promise
     if (!json.peerDependencies?.['@context-db/core']) problems.push('@context-db/core is not a peer dependency');
     if (json.dependencies?.['@context-db/core']) problems.push('@context-db/core is a normal dependency');
   }
-  // Relative links break on the registry's page, which shows the README outside the repository.
   const readme = files.includes('package/README.md') ? await read('README.md') : '';
+  problems.push(...nodeStatementProblems(readme, json.engines?.node));
+  // Relative links break on the registry's page, which shows the README outside the repository.
   const relative = readme.match(/\]\((?!https?:\/\/|#|mailto:)[^)]*\)/g) ?? [];
   for (const link of relative) problems.push(`README link is relative: ${link}`);
   return problems;
@@ -61,8 +74,15 @@ async function tool(command: string, args: string[]): Promise<{ ok: boolean; out
   }
 }
 
+const rootProblems = nodeStatementProblems(await readFile(join(root, 'README.md'), 'utf8'), rootJson.engines?.node);
+if (rootProblems.length === 0) {
+  console.log('ok README.md: the Node versions it states are the root engines.node');
+} else {
+  console.log(`not ok README.md\n${rootProblems.map((p) => `  - ${p}`).join('\n')}`);
+}
+
 const destination = await mkdtemp(join(tmpdir(), 'context-db-pack-'));
-let failed = 0;
+let failed = rootProblems.length > 0 ? 1 : 0;
 try {
   for (const pkg of publishablePackages()) {
     const tarball = await pack(pkg, destination);
@@ -82,6 +102,6 @@ try {
   await rm(destination, { recursive: true, force: true });
 }
 if (failed > 0) {
-  console.error(`${failed} package(s) not ready to publish`);
+  console.error(`${failed} package(s) (or the root README) not ready to publish`);
   process.exit(1);
 }

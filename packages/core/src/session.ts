@@ -98,6 +98,17 @@ function sealedError(): SessionClosedError {
 /** Why a handed-out client may not query now, or undefined when it may. */
 type Lease = () => Error | undefined;
 
+/**
+ * Whether node-postgres still has a statement of `client`'s running or queued: a query sent on a
+ * leased client, or a portal it left open (pg-cursor reads a few rows and keeps the rest on the
+ * server). Private fields of pg, read defensively; when absent the answer is no.
+ */
+function busy(client: PoolClient): boolean {
+  const pg = client as unknown as { _getActiveQuery?: () => unknown; _queryQueue?: unknown };
+  const active = typeof pg._getActiveQuery === 'function' ? pg._getActiveQuery.call(client) : undefined;
+  return (active !== undefined && active !== null) || (Array.isArray(pg._queryQueue) && pg._queryQueue.length > 0);
+}
+
 // The exclusive (atomic) blocks the calling code runs inside, by token.
 const blocks = new AsyncLocalStorage<ReadonlySet<object>>();
 
@@ -197,7 +208,7 @@ interface Leased {
  * context (the socket's is no request's), and the listeners leave with the session: the next
  * request's notifications never reach them.
  */
-function leasedClient(client: PoolClient, lease: Lease): Leased {
+function leasedClient(client: PoolClient, lease: Lease, translate: (err: unknown) => unknown): Leased {
   const added: Array<[string | symbol, Listener]> = [];
   const bound = new WeakMap<Listener, Listener>();
   let proxy!: PoolClient;
@@ -206,8 +217,14 @@ function leasedClient(client: PoolClient, lease: Lease): Leased {
     const callback = typeof args[last] === 'function' ? (args[last] as (e: Error) => void) : undefined;
     const err = lease();
     if (err === undefined) {
-      if (callback !== undefined) args[last] = AsyncResource.bind(callback);
-      return (client.query as (...a: unknown[]) => unknown)(...args);
+      if (callback !== undefined) {
+        const inCaller = AsyncResource.bind(callback);
+        args[last] = (e: unknown, ...rest: unknown[]) =>
+          (inCaller as (...a: unknown[]) => void)(e && translate(e), ...rest);
+      }
+      const sent = (client.query as (...a: unknown[]) => unknown)(...args);
+      // A statement cancelled because the session was cut off reports why, as session.query does.
+      return sent instanceof Promise ? sent.catch((e: unknown) => Promise.reject(translate(e))) : sent;
     }
     if (callback !== undefined) {
       process.nextTick(callback, err);
@@ -311,11 +328,13 @@ export class DbSession implements AsyncDisposable {
 
   // The statement that was running when the session was cut off rejects with the reason, not
   // with PostgreSQL's "canceling statement due to user request".
+  readonly #cutReason = (err: unknown): unknown =>
+    this.#cut !== undefined && (err as { code?: unknown } | null)?.code === '57014' ? this.#cut : err;
   readonly #cancelled = (err: unknown): never => {
     // The last statement error of the transaction: what a COMMIT answered with ROLLBACK reports
     // as its cause (so that a caught serialization failure still makes a retried block retry).
     if (this.#inTransaction && !connectionLost(err)) this.#abortedBy = err;
-    throw this.#cut !== undefined && (err as { code?: unknown } | null)?.code === '57014' ? this.#cut : err;
+    throw this.#cutReason(err);
   };
   #abortedBy: unknown;
 
@@ -398,7 +417,7 @@ export class DbSession implements AsyncDisposable {
     if (this.#refused()) return Promise.reject(this.#sealedError());
     return this.#enqueue(async () => {
       const client = await this.#begun();
-      this.#leased ??= leasedClient(client, () => this.#leaseError(client));
+      this.#leased ??= leasedClient(client, () => this.#leaseError(client), this.#cutReason);
       return this.#leased.client;
     });
   }
@@ -997,6 +1016,10 @@ export class DbSession implements AsyncDisposable {
       // once the connection is back in the pool: send nothing before it has landed, and when
       // nobody can tell whether it will, do not reuse the connection.
       if ((await cancelling) === 'unknown') this.#broken = true;
+      // The session's own work has settled (this runs in its queue); what still runs is a leased
+      // client's: a portal left open ignores the cancel and would hold a ROLLBACK queued behind it
+      // forever. Closing the connection rolls the transaction back on the server at once.
+      if (this.#leased !== undefined && busy(this.#leased.client)) this.#broken = true;
       await this.#rollbackNow(true);
     } finally {
       this.#releaseClient();

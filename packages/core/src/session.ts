@@ -143,6 +143,9 @@ export interface SessionHold {
   end(): void;
 }
 
+// Streams dropped unread-to-the-end without being closed: their cursors are closed when collected.
+const abandonedStreams = new FinalizationRegistry<() => void>((close) => close());
+
 function heldElsewhere(): TransactionAlreadyOpenError {
   return new TransactionAlreadyOpenError(
     "Work on the context's session ran outside a controlled transaction (Kysely's startTransaction()) still " +
@@ -188,6 +191,7 @@ interface Registered {
 }
 
 let savepointCounter = 0;
+let cursorCounter = 0;
 let hookCounter = 0;
 
 const reportHookError = (err: unknown, kind: string): void => {
@@ -314,6 +318,12 @@ export class DbSession implements AsyncDisposable {
   #block: Block | undefined;
   // A controlled hold the finishing context found still open: the context's commit fails.
   #abandoned: CommitFailedError | undefined;
+  // The cursors of stream() open on the connection, by name: the transaction level they were
+  // declared at (levels.length then), 0 once a COMMIT made them outlive their transaction.
+  #cursors: Map<string, number> | undefined;
+  // Ended with a COMMIT while streams were still open: the connection is kept for their FETCHes
+  // and given back when the last one closes.
+  #retained = false;
   // Transaction options: the session's (the database's defaults under its context's), those of
   // the atomic block running now, and those the open transaction began with.
   #options: TransactionOptions | undefined;
@@ -384,8 +394,17 @@ export class DbSession implements AsyncDisposable {
     text: string | QueryConfig<unknown[]>,
     values?: readonly unknown[],
   ): Promise<QueryResult<R>> {
+    return this.#query<R>(text, values, undefined);
+  }
+
+  /** `query`, then `done()` in the queue's turn of the statement, before anything queued after it runs. */
+  #query<R extends QueryResultRow>(
+    text: string | QueryConfig<unknown[]>,
+    values: readonly unknown[] | undefined,
+    done: (() => void) | undefined,
+  ): Promise<QueryResult<R>> {
     const wait = this.#outsideBlock();
-    if (wait !== undefined) return wait.then(() => this.query<R>(text, values));
+    if (wait !== undefined) return wait.then(() => this.#query<R>(text, values, done));
     if (this.#refused()) return Promise.reject(this.#sealedError());
     return this.#enqueue(() => {
       const client = this.#client;
@@ -394,8 +413,130 @@ export class DbSession implements AsyncDisposable {
         client !== undefined && this.#inTransaction && !this.#closed && this.#cut === undefined
           ? client.query<R, unknown[]>(text, values as unknown[] | undefined)
           : this.#beginWith<R>(text, values as unknown[] | undefined);
-      return sent.catch(this.#cancelled);
+      return (
+        done === undefined
+          ? sent
+          : sent.then((result) => {
+              done();
+              return result;
+            })
+      ).catch(this.#cancelled);
     });
+  }
+
+  /**
+   * Read the rows of a SELECT in chunks of `chunkSize` through a SQL cursor (`DECLARE … CURSOR
+   * WITH HOLD`, one `FETCH` per chunk on the session's queue, so other queries can run between
+   * chunks). The cursor outlives the COMMIT that ends the session's context (PostgreSQL keeps the
+   * rest of its rows at COMMIT; a query that fails there fails the COMMIT), so a stream returned
+   * as a response body is read to its end after the request has committed: the session keeps the
+   * connection until the stream ends, breaks or is destroyed, then closes the cursor and gives
+   * it back. A rollback removes the cursor: the stream then fails with `SessionClosedError`.
+   * Pipe it with `stream.pipeline` (or destroy it when the response closes), so that a client
+   * going away mid-body gives the connection back.
+   *
+   * @example
+   * ```ts
+   * const session = await dbSession(db);
+   * async function* lines() {
+   *   for await (const rows of session.stream<{ text: string }>('SELECT text FROM notes', [], 500))
+   *     for (const row of rows) yield `${row.text}\n`;
+   * }
+   * return reply.send(Readable.from(lines()));
+   * ```
+   */
+  stream<R extends QueryResultRow = QueryResultRow>(
+    text: string,
+    values: readonly unknown[] | undefined,
+    chunkSize: number,
+  ): AsyncIterableIterator<R[]> {
+    if (!Number.isInteger(chunkSize) || chunkSize < 1) {
+      throw new InvalidOptionsError(`session.stream(): chunkSize must be a positive integer, got ${chunkSize}.`);
+    }
+    const name = `context_db_cursor_${++cursorCounter}`;
+    const rows = this.#streamRows<R>(name, text, values, chunkSize);
+    // Dropped unfinished (a stream piped with .pipe() to a response whose client went away):
+    // the cursor is closed and the connection given back when it is collected.
+    abandonedStreams.register(rows, () => void this.#closeCursor(name, false));
+    return rows;
+  }
+
+  async *#streamRows<R extends QueryResultRow>(
+    name: string,
+    text: string,
+    values: readonly unknown[] | undefined,
+    chunkSize: number,
+  ): AsyncGenerator<R[], undefined, undefined> {
+    await this.#query(`DECLARE ${name} NO SCROLL CURSOR WITH HOLD FOR ${text}`, values, () => {
+      this.#cursors ??= new Map();
+      this.#cursors.set(name, this.#levels?.length ?? 1);
+    });
+    let failed = false;
+    try {
+      for (;;) {
+        const { rows } = await this.#fetch<R>(name, chunkSize).catch((err: unknown) => {
+          failed = true;
+          throw err;
+        });
+        if (rows.length > 0) yield rows;
+        if (rows.length < chunkSize) return undefined;
+      }
+    } finally {
+      await this.#closeCursor(name, failed);
+    }
+  }
+
+  /**
+   * A FETCH runs whenever its cursor is open: inside the transaction, between transactions, after
+   * the session's COMMIT (on the kept connection); it neither begins a transaction nor waits for
+   * a block (reading a cursor changes nothing the block could be ending).
+   */
+  #fetch<R extends QueryResultRow>(name: string, count: number): Promise<QueryResult<R>> {
+    return this.#enqueue(() => {
+      const client = this.#client;
+      if (client === undefined || this.#cut !== undefined || !this.#cursors?.has(name)) {
+        return Promise.reject(
+          this.#cut ??
+            new SessionClosedError(
+              "A stream's cursor is gone: the transaction it was declared in rolled back, or its session closed.",
+            ),
+        );
+      }
+      return client.query<R>(`FETCH FORWARD ${count} FROM ${name}`).catch(this.#cancelled);
+    });
+  }
+
+  /** Close a stream's cursor if it is still open; the last one of an ended session gives the connection back. */
+  #closeCursor(name: string, failed: boolean): Promise<void> {
+    return this.#enqueue(async () => {
+      const cursors = this.#cursors;
+      const client = this.#client;
+      if (cursors === undefined || !cursors.delete(name) || client === undefined) return;
+      // A failed FETCH took the cursor with it (in the transaction, aborted now; outside, its
+      // portal); the final reset closes whatever is left. A CLOSE refused in a transaction that
+      // a statement of the consumer's aborted (25P02) leaves the outcome to the COMMIT.
+      if (!failed && !this.#broken) {
+        try {
+          await client.query(`CLOSE ${name}`);
+        } catch (err) {
+          if (connectionLost(err)) this.#broken = true;
+        }
+      }
+      if (this.#retained && cursors.size === 0) {
+        this.#retained = false;
+        await this.#reset(client);
+        this.#releaseClient();
+      }
+    });
+  }
+
+  #streaming(): boolean {
+    return this.#cursors !== undefined && this.#cursors.size > 0;
+  }
+
+  /** Cursors declared inside the savepoint at `levels[at]` (or deeper) went with its rollback. */
+  #dropCursors(at: number): void {
+    for (const [name, depth] of this.#cursors ?? []) if (depth > at) this.#cursors?.delete(name);
   }
 
   /**
@@ -564,6 +705,13 @@ export class DbSession implements AsyncDisposable {
 
   /** The transaction ended: its hooks (and those of savepoints still open in it) fall due or go. */
   #transactionEnded(committed: boolean | undefined): void {
+    const cursors = this.#cursors;
+    // Committed, a cursor WITH HOLD outlives its transaction; rolled back, it is gone with it.
+    if (cursors !== undefined)
+      for (const [name, depth] of cursors) {
+        if (committed === true) cursors.set(name, 0);
+        else if (depth > 0) cursors.delete(name);
+      }
     const levels = this.#levels;
     if (levels === undefined) return;
     this.#levels = undefined;
@@ -847,6 +995,7 @@ export class DbSession implements AsyncDisposable {
         // A statement in the block failed and the block went on: its work cannot be kept.
         await this.#send(client, `ROLLBACK TO SAVEPOINT ${name}; RELEASE SAVEPOINT ${name}`, false);
         this.#schedule(ended, false);
+        this.#dropCursors(at);
         throw new CommitFailedError({
           cause: err,
           reason: 'a statement in the nested block failed, so it was rolled back',
@@ -856,6 +1005,7 @@ export class DbSession implements AsyncDisposable {
     if (!this.#broken) await this.#send(client, `ROLLBACK TO SAVEPOINT ${name}; RELEASE SAVEPOINT ${name}`, false);
     this.#abortedBy = undefined; // what failed in the block is undone with it
     this.#schedule(ended, false);
+    this.#dropCursors(at);
   }
 
   /**
@@ -968,7 +1118,7 @@ export class DbSession implements AsyncDisposable {
       });
     }
     // Nothing queued and nothing sent on the connection since its last reset: release now.
-    if (this.#pending === 0 && !this.#inTransaction && !this.#dirty) {
+    if (this.#pending === 0 && !this.#inTransaction && !this.#dirty && !this.#streaming()) {
       this.#transactionEnded(commit);
       this.#closed = true;
       this.#releaseClient();
@@ -978,10 +1128,14 @@ export class DbSession implements AsyncDisposable {
     this.#ending = this.#enqueue(async () => {
       this.#closed = true;
       try {
-        if (commit) await this.#commitNow(true);
-        else await this.#rollbackNow(true);
+        // Streams still open keep the connection: no reset (it would close their cursors) until
+        // the last one closes.
+        if (commit) {
+          await this.#commitNow(!this.#streaming());
+          this.#retained = this.#streaming() && !this.#broken;
+        } else await this.#rollbackNow(true);
       } finally {
-        this.#releaseClient();
+        if (!this.#retained) this.#releaseClient();
       }
     });
     return this.#ending;
@@ -1234,6 +1388,8 @@ export class DbSession implements AsyncDisposable {
     const client = this.#client;
     if (client === undefined) return;
     this.#client = undefined;
+    this.#cursors = undefined;
+    this.#retained = false;
     this.#leased?.revoke();
     this.#leased = undefined;
     client.off('error', this.#onClientError);

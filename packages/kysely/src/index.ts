@@ -103,8 +103,6 @@ export class ContextDbDialect implements Dialect {
 // queries wait for the newer to end).
 const openTransactions = new WeakMap<DbSession, SessionConnection[]>();
 
-let cursorCounter = 0;
-
 function overlapped(): NestedAtomicBlockError {
   return new NestedAtomicBlockError(
     'Two Kysely transactions overlapped on one context session. Inside a context each transaction() is a ' +
@@ -240,10 +238,11 @@ class SessionConnection implements DatabaseConnection {
   }
 
   /**
-   * Streams a SELECT through a SQL cursor (DECLARE / FETCH), one statement per chunk on the
-   * session's queue: other queries of the request may run between chunks on the same
-   * connection, which a protocol-level cursor would block. A statement a cursor cannot hold (an
-   * INSERT, UPDATE or DELETE with RETURNING, a data-modifying WITH) runs once and is yielded in chunks.
+   * Streams a SELECT through core's `session.stream()`: a SQL cursor WITH HOLD, one FETCH per
+   * chunk on the session's queue (other queries of the request may run between chunks, which a
+   * protocol-level cursor would block), readable to its end after the request's COMMIT (a stream
+   * returned as the response body). A statement a cursor cannot hold (an INSERT, UPDATE or
+   * DELETE with RETURNING, a data-modifying WITH) runs once and is yielded in chunks.
    */
   async *streamQuery<R>(compiled: CompiledQuery, chunkSize: number): AsyncIterableIterator<QueryResult<R>> {
     if (!declarable(compiled.query)) {
@@ -251,36 +250,21 @@ class SessionConnection implements DatabaseConnection {
       for (let at = 0; at < rows.length; at += chunkSize) yield { rows: rows.slice(at, at + chunkSize) };
       return;
     }
-    const name = `context_db_cursor_${++cursorCounter}`;
-    const session = this.session;
-    await this.#run(() => session.query(`DECLARE ${name} NO SCROLL CURSOR FOR ${compiled.sql}`, compiled.parameters));
+    // Each step runs as this transaction's work, whichever async context the consumer reads from.
+    const chunks = this.#run(() => this.session.stream(compiled.sql, compiled.parameters, chunkSize));
     let failed = false;
     try {
       for (;;) {
-        const { rows } = await this.#run(() => session.query(`FETCH FORWARD ${chunkSize} FROM ${name}`)).catch(
-          (err: unknown) => {
-            failed = true;
-            throw err;
-          },
-        );
-        if (rows.length > 0) yield { rows: rows as R[] };
-        if (rows.length < chunkSize) break;
+        const next = await this.#run(() => chunks.next()).catch((err: unknown) => {
+          failed = true;
+          throw err;
+        });
+        if (next.done) break;
+        yield { rows: next.value as R[] };
       }
     } finally {
-      // A failed FETCH aborted the transaction, and an ended transaction took the cursor with
-      // it. Otherwise close it (the consumer may stop early) unless a rollback to a savepoint
-      // already did: a CLOSE of a missing cursor would abort the transaction.
-      if (!failed && session.inTransaction) {
-        await this.#run(() =>
-          session.query(
-            `DO $$BEGIN IF EXISTS (SELECT FROM pg_cursors WHERE name = '${name}') THEN EXECUTE 'CLOSE ${name}'; END IF; END$$`,
-          ),
-        ).catch((err: unknown) => {
-          // Aborted by a failed statement of the consumer's: the cursor goes with the transaction.
-          if ((err as { code?: unknown } | null)?.code !== '25P02') throw err;
-        });
-        await this.#autocommit();
-      }
+      await this.#run(() => chunks.return?.(undefined));
+      if (!failed) await this.#autocommit();
     }
   }
 

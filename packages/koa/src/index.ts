@@ -173,7 +173,9 @@ export function contextDb<StateT = DefaultState, ContextT = DefaultContext>(
         held = true;
         return;
       }
-      const streamError = await streamFailure(ctx);
+      // Reading the first chunk may start the body's query (a query builder's stream): in the
+      // request's context, like the handler that made it.
+      const streamError = await request.scope.run(() => streamFailure(ctx));
       if (streamError !== undefined) {
         await rc.end(ctx.status, streamError);
         // A client that went away needs no answer; its rollback is all there is to do.

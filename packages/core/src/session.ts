@@ -148,18 +148,19 @@ const abandonedStreams = new FinalizationRegistry<() => void>((close) => close()
 
 function heldElsewhere(): TransactionAlreadyOpenError {
   return new TransactionAlreadyOpenError(
-    "Work on the context's session ran outside a controlled transaction (Kysely's startTransaction()) still " +
-      "open on it. On the request's connection that transaction is a savepoint, so this work would be rolled " +
-      'back with it; and it cannot wait for it to end, since the code that must commit or roll it back is ' +
-      'likely the code waiting. Run it on the transaction (trx), or after trx.commit() / trx.rollback(); or use ' +
-      'kdb.transaction().execute(fn), beside which the rest of the request waits its turn.',
+    "Work on the context's session ran outside a transaction still open on it that was begun without a " +
+      "scope (Kysely's startTransaction(), or transaction() on kdb.connection()'s instance). On the request's " +
+      'connection that transaction is a savepoint, so this work would be rolled back with it; and it cannot wait ' +
+      'for it to end, since the code that must end it is likely the code waiting. Run it on the transaction ' +
+      '(trx), or after it ends; or use kdb.transaction().execute(fn), beside which the rest of the request ' +
+      'waits its turn.',
   );
 }
 
 function abandonedError(): CommitFailedError {
   return new CommitFailedError({
     reason:
-      "a controlled transaction (Kysely's startTransaction()) was neither committed nor rolled back when the " +
+      "a transaction begun without a scope (Kysely's startTransaction()) was neither committed nor rolled back when the " +
       "context ended, so the context's transaction was rolled back with it",
   });
 }

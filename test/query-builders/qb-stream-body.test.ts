@@ -109,6 +109,22 @@ for (const [framework, serve] of Object.entries(apps)) {
     t.ok(await eventually(() => checkedOut(db) === 0), 'the connection went back when the body ended');
   });
 
+  test(`${framework}: a route whose only database work is its stream body sends every row`, async (t) => {
+    const table = await tableOf(t, 20);
+    // No query before the body: the request has no session when the handler returns.
+    const url = await serve(t, async () => {
+      const rows = kdb.selectFrom(table).select('text').orderBy('id').stream(5);
+      async function* lines() {
+        for await (const row of rows) yield `${row.text}\n`;
+      }
+      return Readable.from(lines());
+    });
+    const res = await request(`${url}/export`);
+    t.equal(res.status, 200, `answered ${res.status}: ${res.body.slice(0, 160)}`);
+    t.equal(res.body.split('\n').filter(Boolean).length, 20, 'every row in the body');
+    t.ok(await eventually(() => checkedOut(db) === 0), 'the connection went back when the body ended');
+  });
+
   test(`${framework}: a client going away mid-body gives the connection back`, async (t) => {
     const table = await tableOf(t, 50);
     const gone = deferred();

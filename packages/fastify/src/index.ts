@@ -328,7 +328,7 @@ function decideOnSend(request: FastifyRequest, reply: FastifyReply, payload: unk
     if (payload !== undefined) {
       reply.log.warn({ err: new errorCodes.FST_ERR_REP_ALREADY_SENT(request.url, request.method) });
     }
-  } else if (state.rc.idle) {
+  } else if (state.rc.idle && !mayStream(payload)) {
     state.phase = 'decided';
     void state.rc.end(reply.statusCode, state.error);
     done(null, payload);
@@ -336,6 +336,15 @@ function decideOnSend(request: FastifyRequest, reply: FastifyReply, payload: unk
     state.phase = 'deciding';
     decide(state, reply, payload, done);
   }
+}
+
+/**
+ * A payload that may still run database work as it is read (a stream, a Response's body): a
+ * request with no session yet is decided like any other, after its first chunk, so that the
+ * query the stream starts finds the request's context. Strings and buffers are final.
+ */
+function mayStream(payload: unknown): boolean {
+  return typeof payload === 'object' && payload !== null && !Buffer.isBuffer(payload);
 }
 
 /**

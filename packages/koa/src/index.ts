@@ -163,8 +163,9 @@ export function contextDb<StateT = DefaultState, ContextT = DefaultContext>(
         cutIfHeadSent(ctx);
         throw error;
       }
-      // A request that made no session has nothing to decide: its response is left to Koa.
-      if (rc.idle) {
+      // A request that made no session has nothing to decide: its response is left to Koa. A
+      // streamed body may still make one as it is read (a query builder's stream): decided below.
+      if (rc.idle && !isStreamed(ctx.body)) {
         void rc.end(ctx.status);
         return;
       }

@@ -125,6 +125,27 @@ for (const [framework, serve] of Object.entries(apps)) {
     t.ok(await eventually(() => checkedOut(db) === 0), 'the connection went back when the body ended');
   });
 
+  test(`${framework}: a stream read part-way in the handler and dropped: its connection is back once the response is over`, async (t) => {
+    const table = await tableOf(t, 20);
+    const dropped: AsyncIterator<unknown>[] = [];
+    // Only so the test can end them itself should the fix fail (the route drops them).
+    t.teardown(() => Promise.all(dropped.map((rows) => rows.return?.())));
+    const url = await serve(t, async () => {
+      await kdb.insertInto(table).values({ text: 'export-logged' }).execute();
+      const rows = kdb.selectFrom(table).select('text').orderBy('id').stream(5)[Symbol.asyncIterator]();
+      dropped.push(rows);
+      await rows.next(); // a peek, then the stream is forgotten
+      return Readable.from(['done\n']);
+    });
+    const res = await request(`${url}/export`);
+    t.equal(res.status, 200);
+    t.equal(await logged(table), 1, "the request's write committed");
+    t.ok(
+      await eventually(() => checkedOut(db) === 0),
+      'the connection is back without waiting for a garbage collection',
+    );
+  });
+
   test(`${framework}: a client going away mid-body gives the connection back`, async (t) => {
     const table = await tableOf(t, 50);
     const gone = deferred();

@@ -329,4 +329,18 @@ export class RequestCtx implements CtxOwner {
     // 'close' fires after every response: build the error only for a context still open.
     if (!this.#ctx.finished) void this.#ctx.abort(reason ?? new ClientAbortedError());
   }
+
+  /**
+   * The response is over (its 'close'): streams the committed context kept open for the body
+   * (`session.stream()`) and nobody read to the end are closed, and their connections given
+   * back, now rather than when the streams are collected.
+   */
+  responseOver(): void {
+    void this.#ctx.releaseStreams();
+  }
+
+  /** True when the finished context still holds connections for open streams (see `responseOver`). */
+  get retainsStreams(): boolean {
+    return this.#ctx.retainsStreams;
+  }
 }

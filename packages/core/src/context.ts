@@ -77,6 +77,8 @@ export class DbSessionCtx {
   // core may be the one in the store, and #private fields do not work across copies.
   // Both made with the first session: most requests of most routes never ask for one.
   #sessions: Map<DbConnect, Promise<DbSession>> | undefined;
+  // Finished, sessions still holding a connection for open streams (see releaseStreams).
+  #retained: DbSession[] | undefined;
   // The sessions made so far, for the synchronous close when a context is rolled back.
   #resolved: Set<DbSession> | undefined;
   #state: State = 'open';
@@ -337,6 +339,23 @@ export class DbSessionCtx {
     return this.#finishing;
   }
 
+  /** @internal True when the finished context keeps connections for open streams (see `releaseStreams`). */
+  get retainsStreams(): boolean {
+    return this.#retained !== undefined;
+  }
+
+  /**
+   * @internal For adapters, once the response is over: close the streams (`session.stream()`)
+   * that a committed context kept open for its body and nobody read to the end, and give their
+   * connections back.
+   */
+  releaseStreams(): Promise<void> {
+    const retained = this.#retained;
+    if (retained === undefined) return DONE;
+    this.#retained = undefined;
+    return Promise.all(retained.map((session) => session.releaseStreams())).then(noop, noop);
+  }
+
   /**
    * Roll back now, without waiting for the work under way: the statement each session is running
    * is cancelled (PostgreSQL's cancel request) and rejects with `reason`, queued and later work
@@ -423,6 +442,10 @@ export class DbSessionCtx {
       if (!commit || failure !== undefined)
         await Promise.all(sessions.map((session) => rollBack(session, aborted).catch(noop)));
     }
+    // Sessions that keep their connection for streams still open (a response body read after
+    // the commit), until they end or the response is over (releaseStreams).
+    const retained = sessions.filter((session) => session.retained);
+    if (retained.length > 0) this.#retained = retained;
     // After every session ended: an onCommit hook runs only once the outcome of all is known.
     for (const session of sessions) await session.runHooks();
     if (failure !== undefined) throw failure;

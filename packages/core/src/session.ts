@@ -531,6 +531,21 @@ export class DbSession implements AsyncDisposable {
     });
   }
 
+  /** @internal True when the session ended with streams still open and keeps their connection. */
+  get retained(): boolean {
+    return this.#retained;
+  }
+
+  /**
+   * @internal The response its context served is over: a stream still open now (read part-way
+   * and dropped) will not be read, so its cursor is closed and the connection given back now
+   * rather than when the stream is collected. A read after this fails with `SessionClosedError`.
+   */
+  releaseStreams(): Promise<void> {
+    const names = [...(this.#cursors?.keys() ?? [])];
+    return Promise.all(names.map((name) => this.#closeCursor(name, false))).then(() => undefined);
+  }
+
   #streaming(): boolean {
     return this.#cursors !== undefined && this.#cursors.size > 0;
   }

@@ -194,6 +194,10 @@ class RequestLink implements Scope {
     this.#rc.abort();
   }
 
+  responseOver(): void {
+    this.#rc.responseOver();
+  }
+
   /** Options of a contextDb() nested under the one that opened the context (a sub-app's). */
   useOptions(options: ContextDbOptions): void {
     this.#rc.useOptions(options);
@@ -352,6 +356,7 @@ function heldWriteHead(this: Linked<Response>, ...args: unknown[]): Response {
 
 function abortOnClose(this: Linked<Response>): void {
   this[kLink]?.abort();
+  this[kLink]?.responseOver();
 }
 
 function emitInRequestScope(this: Linked<Request>, ...args: unknown[]): unknown {

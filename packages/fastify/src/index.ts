@@ -531,6 +531,7 @@ function watchHandlerTimeout(request: FastifyRequest, ms: number, state: Request
 // left to do), after a hijacked reply the handler finished itself (onSend never ran), or when
 // the client went away first.
 function onClose(state: RequestState, reply: FastifyReply): void {
+  state.rc.responseOver();
   if (state.phase === 'decided') return;
   if (!reply.raw.writableEnded) {
     // The client went away first: roll back and release now, and drop a stream still held.

@@ -88,6 +88,8 @@ class KoaRequest {
 
   /** The outcome is decided: a later 'close' has nothing to release. */
   unwatch(): void {
+    // Streams kept open for the body are closed when the response is over, read or not.
+    if (this.rc.retainsStreams) return;
     if (this.watching) this.ctx.res.off('close', onResponseClose);
     this.watching = false;
   }
@@ -98,6 +100,7 @@ type WatchedResponse = ServerResponse & { [kRequest]?: KoaRequest };
 function onResponseClose(this: WatchedResponse): void {
   // After end() abort() is a no-op; before, the client went away.
   if (!this.writableFinished) this[kRequest]?.rc.abort();
+  this[kRequest]?.rc.responseOver();
 }
 
 // The request each Koa context belongs to, so that a second contextDb() on the same request (a

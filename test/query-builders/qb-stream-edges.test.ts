@@ -1,9 +1,9 @@
-// Review of 8a05f5a (#13): core session.stream() (a cursor WITH HOLD kept across the request's
+// Core session.stream() (a cursor WITH HOLD kept across the request's
 // COMMIT) behind Kysely's .stream(), as a response body. Attacks: a body whose first chunk comes
 // before the query (a JSON array's '['), a stream read part-way in the handler and dropped, the
 // session state a streaming request leaves on its connection, two streams on one session, a
 // deadline while the first chunk is fetched, many streaming requests on a small pool. Real
-// PostgreSQL, Fastify. Open defects are `todo`; REVIEW_RUN_TODO=1 runs them as ordinary tests.
+// PostgreSQL, Fastify.
 import { Readable } from 'node:stream';
 import type { DbConnect } from '@context-db/core';
 import { contextDbPlugin } from '@context-db/fastify';
@@ -16,9 +16,6 @@ import { activity, admin, checkedOut, createTable, eventually, testDb } from '..
 interface Database {
   [table: string]: { id: Generated<number>; text: string };
 }
-
-const openDefect = (what: string): { todo?: string } =>
-  process.env.REVIEW_RUN_TODO === '1' ? {} : { todo: `open defect: ${what}` };
 
 /** A test with its own DbConnect, ending with nothing checked out and nothing idle in transaction. */
 function check(
@@ -61,9 +58,7 @@ async function fastify(t: Test, db: DbConnect, route: () => Promise<unknown>, de
 check(
   'a JSON array body: "[" goes out before the rows are queried, then every row follows',
   {
-    todo: openDefect(
-      'the query of a stream begun after the first chunk is refused (SessionClosedError): a 200 cut short',
-    ).todo,
+    todo: 'known limitation (Kysely README, Streams): a stream whose query starts after the body sent its first chunk finds the request committed and is refused (SessionClosedError): a 200 cut short',
   },
   async (t, db, kdb) => {
     void db;
@@ -99,7 +94,6 @@ check(
   'a stream read part-way in the handler and dropped does not keep the pool’s only connection',
   {
     max: 1,
-    todo: openDefect('a stream left unfinished keeps the connection until a garbage collection closes its cursor').todo,
   },
   async (t, db, kdb) => {
     const table = await tableOf(t, 20);
@@ -208,23 +202,19 @@ check('a deadline passing while the first chunk is fetched answers 503 and commi
   t.equal(await logged(table), 0, 'nothing committed');
 });
 
-check(
-  'a route whose only database work is a stream body answers every row',
-  openDefect('the stream’s first query opens the session after the context finished: 500 SESSION_CLOSED'),
-  async (t, db, kdb) => {
-    const table = await tableOf(t, 20);
-    const call = await fastify(t, db, async () => {
-      const rows = kdb.selectFrom(table).select('text').orderBy('id').stream(5);
-      async function* lines() {
-        for await (const row of rows) yield `${row.text}\n`;
-      }
-      return Readable.from(lines());
-    });
-    const res = await call();
-    t.equal(res.status, 200, `answered ${res.status}: ${res.body.slice(0, 160)}`);
-    t.equal(res.body.split('\n').filter(Boolean).length, 20, 'every row');
-  },
-);
+check('a route whose only database work is a stream body answers every row', {}, async (t, db, kdb) => {
+  const table = await tableOf(t, 20);
+  const call = await fastify(t, db, async () => {
+    const rows = kdb.selectFrom(table).select('text').orderBy('id').stream(5);
+    async function* lines() {
+      for await (const row of rows) yield `${row.text}\n`;
+    }
+    return Readable.from(lines());
+  });
+  const res = await call();
+  t.equal(res.status, 200, `answered ${res.status}: ${res.body.slice(0, 160)}`);
+  t.equal(res.body.split('\n').filter(Boolean).length, 20, 'every row');
+});
 
 check('twelve streaming requests on a pool of two all answer every row', { max: 2 }, async (t, db, kdb) => {
   const table = await tableOf(t, 300);

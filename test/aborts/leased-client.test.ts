@@ -1,4 +1,4 @@
-// An abort while the request uses `session.client()` directly, the way
+// An abort (or an ordinary end) while the request uses `session.client()` directly, the way
 // pg-cursor (and Kysely's or Drizzle's streaming on top of it) does: a portal read part-way and
 // left open, which keeps itself node-postgres's active query until it is closed.
 import { EventEmitter } from 'node:events';
@@ -135,3 +135,28 @@ t.test('an abort while a raw client query runs: cancelled, rolled back, released
   t.equal((await activity(appName)).idleInTransaction, 0);
   t.same(await texts(table), []);
 });
+
+for (const statusCode of [200, 500]) {
+  // At an ordinary end too (no abort), the COMMIT or ROLLBACK would queue behind the open portal.
+  t.test(
+    `a cursor from session.client() left open at an ordinary end (status ${statusCode}): the connection is let go`,
+    async (t) => {
+      const { db, appName, table, ctx, portal } = await openCursor(t);
+      t.teardown(() => portal.close());
+      let outcome = 'pending' as 'pending' | 'resolved' | 'rejected';
+      ctx.finish({ statusCode }).then(
+        () => {
+          outcome = 'resolved';
+        },
+        () => {
+          outcome = 'rejected';
+        },
+      );
+      t.ok(await eventually(() => outcome !== 'pending', 3000), `finish() settles (${outcome})`);
+      t.equal(outcome, statusCode === 200 ? 'rejected' : 'resolved', 'a commit fails: it could not be sent');
+      t.ok(await eventually(() => checkedOut(db) === 0, 1500), 'the connection is released');
+      t.same(await texts(table), [], 'nothing committed');
+      t.equal(await inTransaction(appName), 0, 'no backend is left inside the transaction');
+    },
+  );
+}

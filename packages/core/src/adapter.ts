@@ -331,6 +331,15 @@ export class RequestCtx implements CtxOwner {
   }
 
   /**
+   * The handler is done and the adapter waits for its streamed body's first chunk. A request that
+   * made no session has no database work running: its deadline (meant for that work) stops
+   * here, so a slow body of a route without database work is not answered 503.
+   */
+  awaitingBody(): void {
+    if (this.idle) this.#ctx.clearDeadline();
+  }
+
+  /**
    * The response is over (its 'close'): streams the committed context kept open for the body
    * (`session.stream()`) and nobody read to the end are closed, and their connections given
    * back, now rather than when the streams are collected.

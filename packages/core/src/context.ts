@@ -79,6 +79,7 @@ export class DbSessionCtx {
   #sessions: Map<DbConnect, Promise<DbSession>> | undefined;
   // Finished, sessions still holding a connection for open streams (see releaseStreams).
   #retained: DbSession[] | undefined;
+  #responseOver = false;
   // The sessions made so far, for the synchronous close when a context is rolled back.
   #resolved: Set<DbSession> | undefined;
   #state: State = 'open';
@@ -350,6 +351,9 @@ export class DbSessionCtx {
    * connections back.
    */
   releaseStreams(): Promise<void> {
+    // Over before the finish recorded what it keeps (the client left during the commit phase):
+    // the finish releases them itself.
+    this.#responseOver = true;
     const retained = this.#retained;
     if (retained === undefined) return DONE;
     this.#retained = undefined;
@@ -399,6 +403,12 @@ export class DbSessionCtx {
     this.#deadline.unref();
   }
 
+  /** @internal The request's own work is done (see `RequestCtx.awaitingBody`): its deadline no longer applies. */
+  clearDeadline(): void {
+    if (this.#deadline !== undefined) clearTimeout(this.#deadline);
+    this.#deadline = undefined;
+  }
+
   /**
    * @internal Finish the context without touching its sessions (they stay with whoever holds
    * them): no new session can be made in it, and no context opened inside it makes savepoints.
@@ -445,7 +455,10 @@ export class DbSessionCtx {
     // Sessions that keep their connection for streams still open (a response body read after
     // the commit), until they end or the response is over (releaseStreams).
     const retained = sessions.filter((session) => session.retained);
-    if (retained.length > 0) this.#retained = retained;
+    if (retained.length > 0) {
+      this.#retained = retained;
+      if (this.#responseOver) void this.releaseStreams();
+    }
     // After every session ended: an onCommit hook runs only once the outcome of all is known.
     for (const session of sessions) await session.runHooks();
     if (failure !== undefined) throw failure;

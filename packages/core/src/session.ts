@@ -1186,10 +1186,6 @@ export class DbSession implements AsyncDisposable {
       // once the connection is back in the pool: send nothing before it has landed, and when
       // nobody can tell whether it will, do not reuse the connection.
       if ((await cancelling) === 'unknown') this.#broken = true;
-      // The session's own work has settled (this runs in its queue); what still runs is a leased
-      // client's: a portal left open ignores the cancel and would hold a ROLLBACK queued behind it
-      // forever. Closing the connection rolls the transaction back on the server at once.
-      if (this.#leased !== undefined && busy(this.#leased.client)) this.#broken = true;
       await this.#rollbackNow(true);
     } finally {
       this.#releaseClient();
@@ -1340,6 +1336,14 @@ export class DbSession implements AsyncDisposable {
       this.#transactionEnded(false);
       throw new CommitFailedError({ reason: 'the connection to the database was lost before COMMIT' });
     }
+    if (this.#leasedBusy(client)) {
+      this.#transactionEnded(false);
+      throw new CommitFailedError({
+        reason:
+          'a query sent on session.client() was still running (a cursor left open?), so the COMMIT could not be ' +
+          'sent after it; the connection was closed, which rolled the transaction back. Close cursors before the end.',
+      });
+    }
     let result: QueryResult | QueryResult[];
     try {
       result = (await client.query(this.#withReset(this.#driver.commitSql(options), final))) as
@@ -1373,6 +1377,7 @@ export class DbSession implements AsyncDisposable {
     this.#transactionEnded(false);
     const client = this.#client;
     if (client === undefined) return;
+    this.#leasedBusy(client);
     if (!this.#inTransaction) {
       if (final) await this.#reset(client);
       return;
@@ -1383,6 +1388,18 @@ export class DbSession implements AsyncDisposable {
       await this.#send(client, this.#withReset(this.#driver.rollbackSql(this.#current), final), final);
     }
     if (this.#broken && !final) this.#releaseClient();
+  }
+
+  /**
+   * Run in the session's queue, where its own work has settled: what still runs on the connection
+   * is a leased client's. A portal left open (a cursor read part-way) ignores a cancel and would
+   * hold a COMMIT or ROLLBACK queued behind it forever; the connection is marked broken, so that
+   * it is closed instead, which rolls the transaction back on the server at once.
+   */
+  #leasedBusy(client: PoolClient): boolean {
+    if (this.#leased === undefined || !busy(client)) return false;
+    this.#broken = true;
+    return true;
   }
 
   async #reset(client: PoolClient): Promise<void> {

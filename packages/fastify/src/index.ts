@@ -396,6 +396,7 @@ function decide(state: RequestState, reply: FastifyReply, sent: unknown, done: O
     outcome(refused);
   } else if (held !== undefined) {
     state.held = held;
+    state.rc.awaitingBody();
     firstChunk(held).then(() => outcome(), outcome);
   } else {
     outcome();

@@ -179,6 +179,7 @@ export function contextDb<StateT = DefaultState, ContextT = DefaultContext>(
       }
       // Reading the first chunk may start the body's query (a query builder's stream): in the
       // request's context, like the handler that made it.
+      rc.awaitingBody();
       const streamError = await request.scope.run(() => streamFailure(ctx));
       if (streamError !== undefined) {
         await rc.end(ctx.status, streamError);

@@ -1,9 +1,6 @@
-// Review of 055ab4b (RequestCtx.responseOver on the response's 'close'): the streams a committed
-// context kept open are closed when the response is over. The response can be over before the
-// context finished deciding: a client that goes away while the COMMIT phase runs (beforeCommit
-// here). 'close' then fires while nothing is retained yet; the session then commits with its
-// stream open and keeps the connection. Nothing calls responseOver again, so the connection
-// stays checked out until the stream is collected (never, while anything references it).
+// The streams a committed context kept open are closed when the response is over, also when it
+// is over before the context finished deciding: a client that goes away while the commit phase
+// runs (beforeCommit here), so that 'close' fires while nothing is retained yet.
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { dbSession } from '@context-db/core';
@@ -66,7 +63,6 @@ const setups: Record<string, Setup> = {
 for (const [name, setup] of Object.entries(setups)) {
   t.test(
     `${name}: a stream read part-way, client gone during the COMMIT phase: the connection goes back`,
-    { todo: process.env.REVIEW_RUN_TODO ? false : 'open defect: see report (responseOver before retained)' },
     async (t) => {
       const { db } = testDb(t, { max: 1 });
       const table = await createTable(t);

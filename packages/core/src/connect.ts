@@ -219,7 +219,7 @@ export class DbConnect {
   readonly #driver: SessionDriver;
   // Bumped by changeHost: a session whose connection came from an earlier pool moves to the
   // current one at its next transaction.
-  readonly #hosts = { generation: 0 };
+  #generation = 0;
 
   constructor(options: DbConnectOptions) {
     validate(options);
@@ -227,11 +227,11 @@ export class DbConnect {
     this.#host = options.host;
     this.#beforeCreateSession = options.beforeCreateSession;
     this.#onPoolError = options.onPoolError ?? warnPoolError;
-    const hosts = this.#hosts;
+    const connect = this;
     this.#driver = {
       acquire: () => this.#acquire(),
       get host() {
-        return hosts.generation;
+        return connect.#generation;
       },
       withdraw: (pending, reason) => {
         if (!this.#waiters.has(pending)) return;
@@ -365,7 +365,7 @@ export class DbConnect {
     const old = this.#pool;
     this.#host = host;
     this.#pool = undefined;
-    this.#hosts.generation++;
+    this.#generation++;
     if (old !== undefined) {
       for (const [pending, waiter] of this.#waiters) {
         if (waiter.pool !== old) continue;

@@ -3,20 +3,15 @@
 // own, as a script expects. And kdb.destroy() leaves the DbConnect alone.
 import { ContextNotInitiatedError, runInNewCtx } from '@context-db/core';
 import { ContextDbDialect } from '@context-db/kysely';
-import { type Generated, Kysely, sql } from 'kysely';
+import { Kysely, sql } from 'kysely';
 import { type Migration, Migrator } from 'kysely/migration';
 import t from 'tap';
-import { checkedTests } from '../fixtures/builders.js';
-import { admin, checkedOut, createTable, eventually, testDb, texts, uniqueName } from '../fixtures/db.js';
+import { kyselyOnTestDb, type TextTables } from '../fixtures/builders.js';
+import { admin, checkedOut, createTable, eventually, texts, uniqueName } from '../fixtures/db.js';
 
-interface Database {
-  [table: string]: { id: Generated<number>; text: string };
-}
+type Database = TextTables;
 
-const { db, appName } = testDb(t);
-const kdb = new Kysely<Database>({ dialect: new ContextDbDialect({ db }) });
-const scripts = new Kysely<Database>({ dialect: new ContextDbDialect({ db, outsideContext: 'pool' }) });
-const test = checkedTests(t, db, appName);
+const { db, kdb, scripts, test } = kyselyOnTestDb(t);
 
 const pid = async (on: Kysely<Database>) =>
   (await sql<{ pid: number }>`SELECT pg_backend_pid() AS pid`.execute(on)).rows[0]?.pid;

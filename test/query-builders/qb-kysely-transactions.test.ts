@@ -4,33 +4,18 @@
 // controlled transaction on outsideContext: 'pool' whose COMMIT PostgreSQL answers ROLLBACK.
 import { atomicDbSession, dbSession, onCommit, onRollback, runInNewCtx } from '@context-db/core';
 import { contextDbPlugin } from '@context-db/fastify';
-import { ContextDbDialect } from '@context-db/kysely';
 import Fastify from 'fastify';
-import { type Generated, Kysely, PostgresDialect, sql } from 'kysely';
+import { Kysely, PostgresDialect, sql } from 'kysely';
 import pg from 'pg';
 import t from 'tap';
-import { checkedTests } from '../fixtures/builders.js';
-import {
-  activity,
-  checkedOut,
-  createTable,
-  DATABASE_URL,
-  eventually,
-  testDb,
-  texts,
-  uniqueName,
-} from '../fixtures/db.js';
+import { kyselyOnTestDb, type TextTables } from '../fixtures/builders.js';
+import { activity, checkedOut, createTable, DATABASE_URL, eventually, texts, uniqueName } from '../fixtures/db.js';
 import { deferred } from '../fixtures/express.js';
 import { hookBeside, writeBeside } from './beside.js';
 
-interface Database {
-  [table: string]: { id: Generated<number>; text: string };
-}
+type Database = TextTables;
 
-const { db, appName } = testDb(t);
-const kdb = new Kysely<Database>({ dialect: new ContextDbDialect({ db }) });
-const scripts = new Kysely<Database>({ dialect: new ContextDbDialect({ db, outsideContext: 'pool' }) });
-const test = checkedTests(t, db, appName);
+const { db, appName, kdb, scripts, test } = kyselyOnTestDb(t);
 
 const insert = (table: string, text: string, on: Kysely<Database> = kdb) =>
   on.insertInto(table).values({ text }).execute();

@@ -3,21 +3,13 @@
 import { Readable } from 'node:stream';
 import { runInNewCtx } from '@context-db/core';
 import { contextDbPlugin } from '@context-db/fastify';
-import { ContextDbDialect } from '@context-db/kysely';
 import Fastify from 'fastify';
-import { type Generated, Kysely, sql } from 'kysely';
+import { sql } from 'kysely';
 import t from 'tap';
-import { checkedTests } from '../fixtures/builders.js';
-import { activity, admin, checkedOut, createTable, eventually, testDb } from '../fixtures/db.js';
+import { kyselyOnTestDb } from '../fixtures/builders.js';
+import { activity, admin, checkedOut, createTable, eventually } from '../fixtures/db.js';
 
-interface Database {
-  [table: string]: { id: Generated<number>; text: string };
-}
-
-const { db, appName } = testDb(t);
-const kdb = new Kysely<Database>({ dialect: new ContextDbDialect({ db }) });
-const scripts = new Kysely<Database>({ dialect: new ContextDbDialect({ db, outsideContext: 'pool' }) });
-const test = checkedTests(t, db, appName);
+const { db, appName, kdb, scripts, test } = kyselyOnTestDb(t);
 
 async function tableOf(t: Parameters<typeof createTable>[0], count: number): Promise<string> {
   const table = await createTable(t);

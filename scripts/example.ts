@@ -1,6 +1,6 @@
 // `pnpm example [fastify|express|koa]`: runs that example app (Fastify by default) against the
-// database scripts/with-db.ts finds or starts. Ctrl-C (or SIGTERM) lets the app finish the
-// requests in flight and exits 0; a second one stops it at once.
+// database scripts/with-db.ts finds or starts. Ctrl-C (or SIGTERM, or closing the terminal) lets
+// the app finish the requests in flight and exits 0; a second one stops it at once.
 import { spawn } from 'node:child_process';
 
 const frameworks = ['fastify', 'express', 'koa'];
@@ -22,5 +22,22 @@ const child = spawn(
     detached: true,
   },
 );
-for (const signal of ['SIGINT', 'SIGTERM'] as const) process.on(signal, () => child.kill(signal));
+// `pnpm example` runs this file with `exec`, so that pnpm's child is this process rather than a
+// shell: a shell interrupted by Ctrl-C dies of SIGINT after its child ends, whatever the child's
+// exit code, and pnpm then reports "ELIFECYCLE Command failed" and exits 130. pnpm also relays the
+// terminal's SIGINT to its child: the same Ctrl-C arrives twice within milliseconds, and a
+// repeat inside `repeatMs` is that one Ctrl-C, not a second ("stop now").
+const repeatMs = 300;
+let last: { signal: NodeJS.Signals; at: number } | undefined;
+const forward = (signal: NodeJS.Signals): void => {
+  const at = performance.now();
+  if (last?.signal === signal && at - last.at < repeatMs) return;
+  last = { signal, at };
+  child.kill(signal);
+};
+process.on('SIGINT', forward);
+process.on('SIGTERM', forward);
+// A closed terminal (SIGHUP) would kill this process and leave the server, in a group of its own,
+// running with the port and its pool: shut it down as SIGTERM does.
+process.on('SIGHUP', () => forward('SIGTERM'));
 child.on('exit', (code) => process.exit(code ?? 1));

@@ -30,6 +30,7 @@ export function closeOnSignals({ server, stop, db, graceMs = 10_000 }: ShutdownO
   let stopping: Promise<void> | undefined;
   const shutdown = (signal: NodeJS.Signals): void => {
     if (stopping !== undefined) {
+      console.log(`${signal} again: cutting the requests in flight`);
       server.closeAllConnections();
       return;
     }

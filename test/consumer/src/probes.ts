@@ -3,7 +3,7 @@
 // load, @types/pg missing under skipLibCheck), the line would compile and tsc would fail on the
 // unused directive.
 import { ContextDbError, type DbConnect, dbSession, SessionClosedError } from '@context-db/core';
-import { setTestContext } from '@context-db/core/testing';
+import { putSavepointSessionInCtx, rollbackSession, setTestContext } from '@context-db/core/testing';
 import type { Express } from 'express';
 import type { FastifyInstance } from 'fastify';
 import type Koa from 'koa';
@@ -44,6 +44,9 @@ export async function coreProbes(db: DbConnect): Promise<void> {
   // @ts-expect-error query rows are typed without @types/pg in the app's own dependencies
   const n: string = rows[0]?.n;
   await setTestContext(async () => n);
+  // The two entries share one declaration of DbConnect and DbSession under every resolution: the
+  // testing helpers take the app's own (their #private would refuse a second declaration).
+  await rollbackSession(db, (session) => putSavepointSessionInCtx(db, session, () => dbSession(db)));
   try {
     await dbSession(db);
   } catch (err) {

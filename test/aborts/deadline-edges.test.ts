@@ -43,6 +43,38 @@ for (const framework of frameworks) {
   });
 }
 
+for (const framework of frameworks) {
+  t.test(`${framework}: a client from session.client() used after the deadline passed answers 503`, async (t) => {
+    const { db } = testDb(t, { max: 4 });
+    const table = await createTable(t);
+    const server = await startServer(
+      framework,
+      db,
+      {
+        late: async (helpers) => {
+          const session = await helpers.session();
+          const client = await session.client();
+          await client.query(`INSERT INTO ${table} (text) VALUES ('late')`);
+          // The deadline passes here, and the cut rolls back and releases the connection.
+          await eventually(() => checkedOut(db) === 0);
+          await client.query('SELECT 1');
+          return OK;
+        },
+      },
+      undefined,
+      { deadline: 200 },
+    );
+    t.teardown(() => server.close());
+    const result = await get(`${server.url}/r/late`, { agent: new http.Agent() });
+    t.match(
+      result,
+      { kind: 'response', status: 503 },
+      'the passed deadline answers 503, not a 500 for a released client',
+    );
+    t.same(await texts(table), [], 'nothing committed');
+  });
+}
+
 // The deadline covers the request's work; once the request is committing (beforeCommit, then
 // COMMIT) it is not cut short (README, Guarantees): the answer must still agree with the database.
 t.test(

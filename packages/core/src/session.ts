@@ -1080,6 +1080,9 @@ export class DbSession implements AsyncDisposable {
   // A handed-out client bypasses the queue, so it is refused whenever the session's own work
   // would be, and outside a transaction, where its query would commit on its own.
   #leaseError(client: PoolClient): Error | undefined {
+    // Cut off (abort, deadline): the reason, as session.query gives it, even once the cut has
+    // rolled back and released the connection.
+    if (this.#cut !== undefined) return this.#cut;
     if (this.#client !== client) {
       return new SessionClosedError('A client from session.client() was used after its session released it.');
     }

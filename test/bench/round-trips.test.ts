@@ -6,7 +6,7 @@
 // that runs none, even one that asked for its session, sends nothing and takes no connection.
 // Counted on the pg client (every client.query call the pool's connections receive, grouped into
 // the flights they were written in) and, when the server has pg_stat_statements loaded, also by
-// PostgreSQL itself, for a role used only by this test.
+// PostgreSQL itself, for a role used only by this test. Each flight leaves in one socket write.
 import { DbConnect, type DbSession, RESET_SESSION_SQL } from '@context-db/core';
 import { contextDb as expressContextDb } from '@context-db/express';
 import { contextDbPlugin } from '@context-db/fastify';
@@ -30,6 +30,8 @@ interface StatementCounter {
   readonly sent: string[][];
   /** Connections checked out of the pool since the last reset. */
   acquired: number;
+  /** Writes to the connections' sockets since the last reset (node-postgres writes each protocol message on its own). */
+  writes: number;
   reset(): Promise<void>;
   /** Statements PostgreSQL executed for this counter's role since the last reset; undefined without pg_stat_statements. */
   serverCount(): Promise<number | undefined>;
@@ -84,6 +86,17 @@ async function statementCounter(t: Test, table: string): Promise<StatementCounte
           counter.acquired++;
         });
         pool.on('connect', (client) => {
+          // node-postgres and Node internals: the writes that reach the socket's handle, one
+          // system call each (a corked or backed-up burst of messages is one _writev).
+          const socket = (client as unknown as { connection: { stream: Record<'_write' | '_writev', unknown> } })
+            .connection.stream;
+          for (const method of ['_write', '_writev'] as const) {
+            const write = socket[method] as (...a: unknown[]) => unknown;
+            socket[method] = function (this: unknown, ...args: unknown[]) {
+              counter.writes++;
+              return Reflect.apply(write, this, args);
+            };
+          }
           const query = client.query;
           client.query = function (this: pg.PoolClient, ...args: unknown[]) {
             const [first] = args;
@@ -103,9 +116,11 @@ async function statementCounter(t: Test, table: string): Promise<StatementCounte
     appName,
     sent: [],
     acquired: 0,
+    writes: 0,
     async reset() {
       counter.sent.length = 0;
       counter.acquired = 0;
+      counter.writes = 0;
       if (role !== undefined) serverBase = await serverTotal();
     },
     async serverCount() {
@@ -172,6 +187,9 @@ async function checkRoundTrips(t: Test, counter: StatementCounter, table: string
     await eventually(() => checkedOut(counter.db) === 0);
     const flights = expected(table, n, end, first);
     t.same(counter.sent, flights, `${what}: makes ${flights.length} round trips (${describe(flights)})`);
+    // Corked: a flight's messages (BEGIN, then the query's parse, bind, describe, execute, sync)
+    // leave in one write, not one per message.
+    t.equal(counter.writes, flights.length, `${what}: one socket write per flight`);
     t.equal(counter.acquired, n === 0 ? 0 : 1, `${what}: takes ${n === 0 ? 'no connection' : 'one connection'}`);
     const server = await counter.serverCount();
     // PostgreSQL counts statements that ran; one that failed is not counted.

@@ -1,4 +1,5 @@
 import { AsyncLocalStorage, AsyncResource } from 'node:async_hooks';
+import type { Writable } from 'node:stream';
 import type { PoolClient, QueryConfig, QueryResult, QueryResultRow } from 'pg';
 import { type CancelOutcome, cancelBackend } from './cancel.js';
 import {
@@ -71,6 +72,24 @@ function pipelines(client: PoolClient, text: string | QueryConfig<unknown[]>): b
     (typeof text === 'string' ||
       (typeof (text as { submit?: unknown }).submit !== 'function' && (text as { rows?: unknown }).rows === undefined))
   );
+}
+
+/**
+ * Run `write`, which sends a query on `client`, with the client's socket corked: node-postgres
+ * writes each protocol message on its own (a query with parameters is five, and BEGIN pipelined
+ * with it one more), and corking turns them into one write to the kernel. A query that waits in
+ * node-postgres's own queue is not sent here, and is unaffected.
+ */
+function corked<T>(client: PoolClient, write: () => T): T {
+  const socket = (client as { connection?: { stream?: Partial<Pick<Writable, 'cork' | 'uncork'>> } }).connection
+    ?.stream;
+  if (socket?.cork === undefined || socket.uncork === undefined) return write();
+  socket.cork();
+  try {
+    return write();
+  } finally {
+    socket.uncork();
+  }
 }
 
 function newLevel(savepoint: string | undefined, token: object | undefined): Level {
@@ -412,7 +431,7 @@ export class DbSession implements AsyncDisposable {
       // Mid-transaction: send it now, there is no BEGIN to wait for.
       const sent =
         client !== undefined && this.#inTransaction && !this.#closed && this.#cut === undefined
-          ? client.query<R, unknown[]>(text, values as unknown[] | undefined)
+          ? corked(client, () => client.query<R, unknown[]>(text, values as unknown[] | undefined))
           : this.#beginWith<R>(text, values as unknown[] | undefined);
       return (
         done === undefined
@@ -1249,14 +1268,16 @@ export class DbSession implements AsyncDisposable {
     const client = await this.#connected();
     if (this.#inTransaction || !pipelines(client, text)) {
       await this.#begun();
-      return client.query<R, unknown[]>(text, values);
+      return corked(client, () => client.query<R, unknown[]>(text, values));
     }
     const options = this.#beginning();
     const mode = client as { pipeline: boolean };
     const was = mode.pipeline;
     mode.pipeline = true;
-    const begin = client.query(this.#driver.beginSql(options));
-    const first = client.query<R, unknown[]>(text, values);
+    const [begin, first] = corked(client, () => [
+      client.query(this.#driver.beginSql(options)),
+      client.query<R, unknown[]>(text, values),
+    ]);
     // Back to the pool's mode once both are answered (pipeline mode also refuses cursors).
     const restore = (): void => {
       mode.pipeline = was;

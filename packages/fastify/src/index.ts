@@ -236,15 +236,15 @@ const plugin: FastifyPluginAsync<ContextDbPluginOptions> = async (fastify, optio
   });
 
   // A hook that parks the request and is resumed from another request's code leaves the rest of
-  // the chain in that request's context. Re-enter the request's own at the start of each phase
-  // (the app's hooks of a phase follow these, the plugin being registered first) and around
-  // each of the route's own hooks, which run after the app's; the last preHandler one right
-  // before the handler. onRoute sees only routes declared once the plugin has loaded; the
-  // phase-start hooks apply to every route.
-  fastify.addHook('preParsing', reenterPassing);
-  fastify.addHook('preValidation', reenter);
+  // the chain in that request's context, and so does reading the body (its events come in the
+  // socket's). Re-enter the request's own at the start of preHandler, for every route (onRoute
+  // sees only routes declared once the plugin has loaded); around each of the route's own hooks,
+  // which run after the app's, the last preHandler one right before the handler; and at the
+  // start of the other phases in a scope where the app adds hooks of that phase (see
+  // reenterBefore). A phase without hooks is one Fastify skips: a re-entering hook there would
+  // make every request run it for nothing.
   fastify.addHook('preHandler', reenter);
-  fastify.addHook('preSerialization', reenterPassing);
+  reenterBefore(fastify);
   // The not-found handler is no route onRoute sees, and its onSend hooks are the scope's, in
   // order: an app-level hook added after the plugin would run after an app-level decision. Its
   // own onSend option runs after all of them, so the deciding hook goes there.
@@ -509,6 +509,45 @@ function toArray<H>(hooks: H | H[] | undefined): H[] {
 function aroundEach<H, R>(hooks: H | H[] | undefined, re: R, always = false): (H | R)[] {
   const own = toArray(hooks).filter((hook) => hook !== (re as unknown));
   return own.length === 0 && !always ? [] : [...own.flatMap((hook) => [re, hook]), re];
+}
+
+type Scope = Parameters<FastifyPluginAsync>[0];
+type HookName = Parameters<Scope['addHook']>[0];
+
+// The phases after onRequest (where the context opens) whose start is re-entered once the app
+// has hooks there; preHandler always is.
+const phaseStarts: Partial<Record<HookName, typeof reenter | typeof reenterPassing>> = {
+  preParsing: reenterPassing,
+  preValidation: reenter,
+  preSerialization: reenterPassing,
+};
+// The phases re-entered in a scope: an own property, because a child scope's hooks are a copy
+// of its parent's when it is created, not a view of them.
+const kReentered = Symbol('context-db re-entered phases');
+type ReenteringScope = Scope & { [kReentered]?: Set<HookName> };
+
+/**
+ * Makes `addHook` of this scope and its children put a re-entering hook first in the phase of
+ * the first app hook added there (the plugin's instance is the prototype of its children, so
+ * they call this `addHook` too).
+ */
+function reenterBefore(fastify: Scope): void {
+  const scope = fastify as ReenteringScope;
+  scope[kReentered] = new Set();
+  const addHook = fastify.addHook as (this: Scope, name: HookName, hook: unknown) => Scope;
+  fastify.addHook('onRegister', (child) => {
+    const parent = Object.getPrototypeOf(child) as ReenteringScope;
+    (child as ReenteringScope)[kReentered] = new Set(parent[kReentered]);
+  });
+  scope.addHook = function (this: ReenteringScope, name: HookName, hook: unknown) {
+    const start = phaseStarts[name];
+    const reentered = this[kReentered];
+    if (start !== undefined && reentered !== undefined && !reentered.has(name)) {
+      reentered.add(name);
+      addHook.call(this, name, start);
+    }
+    return addHook.call(this, name, hook);
+  } as Scope['addHook'];
 }
 
 // Fastify's handlerTimeout (a server or route option) aborts request.signal with its own error,

@@ -1,0 +1,125 @@
+// The plugin re-enters the request's context at the start of preHandler for every route, and at
+// the start of preParsing, preValidation and preSerialization only in a scope where the app adds
+// hooks of that phase (a phase without hooks is one Fastify skips). What is checked: an app hook
+// of each phase, added after the plugin in the root scope or in a child scope, finds the
+// request's own session when the request was parked before it (in an app onRequest hook, or a
+// reply sent from a parked callback) and resumed by another request's code; and the phases the
+// app leaves empty stay without hooks.
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { type DbConnect, dbSession } from '@context-db/core';
+import { contextDbPlugin } from '@context-db/fastify';
+import Fastify, { type FastifyInstance } from 'fastify';
+import t, { type Test } from 'tap';
+import { activity, checkedOut, createTable, eventually, testDb, texts } from '../fixtures/db.js';
+
+type Phase = 'preParsing' | 'preValidation' | 'preHandler' | 'preSerialization';
+const phases: readonly Phase[] = ['preParsing', 'preValidation', 'preHandler', 'preSerialization'];
+
+/** POST with a body written in two parts, so that the body is read in socket events. */
+function post(port: number, path: string, body: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const req = http.request(
+      { port, host: '127.0.0.1', path, method: 'POST', headers: { 'content-type': 'application/json' } },
+      (res) => {
+        res.resume();
+        res.on('end', () => resolve(res.statusCode ?? 0));
+      },
+    );
+    req.on('error', reject);
+    req.write(body.slice(0, 3));
+    setTimeout(() => req.end(body.slice(3)), 20);
+  });
+}
+
+/**
+ * An app whose hook of `phase` (in `where`) writes `<url> <phase>` with dbSession(), and whose
+ * POST /w handler writes `/w handler`. POST /park is parked until POST /open runs: in an app
+ * onRequest hook, or (preSerialization) its handler sends the reply from a parked callback.
+ */
+async function hookedApp(t: Test, db: DbConnect, table: string, phase: Phase, where: 'root' | 'child') {
+  const app = Fastify();
+  t.teardown(() => app.close());
+  await app.register(contextDbPlugin, { db });
+  const write = async (text: string) => {
+    await (await dbSession(db)).query(`INSERT INTO ${table} (text) VALUES ($1)`, [text]);
+  };
+  const parked: (() => void)[] = [];
+  const routes = async (scope: FastifyInstance) => {
+    scope.addHook('onRequest', (request, _reply, done) => {
+      if (request.url === '/park' && phase !== 'preSerialization') parked.push(done);
+      else done();
+    });
+    if (phase === 'preParsing' || phase === 'preSerialization') {
+      scope.addHook(phase, async (request, _reply, payload) => {
+        await write(`${request.url} ${phase}`);
+        return payload;
+      });
+    } else {
+      scope.addHook(phase, async (request) => write(`${request.url} ${phase}`));
+    }
+    scope.post('/w', async () => {
+      await write('/w handler');
+      return { ok: true };
+    });
+    scope.post('/park', async (_request, reply) => {
+      await write('/park handler');
+      if (phase !== 'preSerialization') return { ok: true };
+      parked.push(() => void reply.send({ ok: true }));
+      return reply;
+    });
+  };
+  if (where === 'root') await routes(app);
+  else await app.register(routes);
+  app.post('/open', async (_request, reply) => {
+    await write('/open handler');
+    for (const resume of parked.splice(0)) resume();
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    return reply.code(409).send({ conflict: true });
+  });
+  await app.listen({ port: 0, host: '127.0.0.1' });
+  return { app, port: (app.server.address() as AddressInfo).port, parked };
+}
+
+for (const phase of phases) {
+  for (const where of ['root', 'child'] as const) {
+    t.test(`an app ${phase} hook in the ${where} scope runs in the request's context`, async (t) => {
+      const { db, appName } = testDb(t);
+      const table = await createTable(t);
+      const { port, parked } = await hookedApp(t, db, table, phase, where);
+      t.equal(await post(port, '/w', '{"a":1}'), 200, 'a body read over the socket');
+      const parkedAnswer = post(port, '/park', '{"a":2}');
+      t.ok(await eventually(() => parked.length === 1), 'a request is parked');
+      t.equal(await post(port, '/open', '{}'), 409, 'the request that resumed it rolls back');
+      t.equal(await parkedAnswer, 200, 'the resumed request commits by its own status');
+      t.same(
+        (await texts(table)).sort(),
+        [`/park ${phase}`, '/park handler', `/w ${phase}`, '/w handler'].sort(),
+        "each hook wrote in its own request's transaction",
+      );
+      t.ok(await eventually(() => checkedOut(db) === 0), 'nothing checked out');
+      t.equal((await activity(appName)).idleInTransaction, 0);
+    });
+  }
+}
+
+t.test('the phases the app gives no hooks stay without the plugin hooks', async (t) => {
+  const { db } = testDb(t);
+  const app = Fastify();
+  t.teardown(() => app.close());
+  await app.register(contextDbPlugin, { db });
+  app.post('/r', async () => ({ ok: true }));
+  await app.register(async (child) => {
+    child.addHook('preValidation', async function appHook() {});
+    child.post('/c', async () => ({ ok: true }));
+  });
+  await app.ready();
+  const routes = app.printRoutes({ commonPrefix: false, includeHooks: true });
+  t.comment(routes);
+  t.notMatch(routes, /preParsing|preSerialization/, 'no route has hooks in phases the app left empty');
+  t.match(
+    routes,
+    /\/c \(POST\)[\s\S]*• \(preValidation\) \["reenter\(\)","appHook\(\)"\]/,
+    'the re-entering hook comes first',
+  );
+});

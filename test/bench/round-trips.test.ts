@@ -187,8 +187,8 @@ async function checkRoundTrips(t: Test, counter: StatementCounter, table: string
     await eventually(() => checkedOut(counter.db) === 0);
     const flights = expected(table, n, end, first);
     t.same(counter.sent, flights, `${what}: makes ${flights.length} round trips (${describe(flights)})`);
-    // Corked: a flight's messages (BEGIN, then the query's parse, bind, describe, execute, sync)
-    // leave in one write, not one per message.
+    // Corked: BEGIN and the first query (its parse, bind, describe, execute, sync) leave in one
+    // write, not two.
     t.equal(counter.writes, flights.length, `${what}: one socket write per flight`);
     t.equal(counter.acquired, n === 0 ? 0 : 1, `${what}: takes ${n === 0 ? 'no connection' : 'one connection'}`);
     const server = await counter.serverCount();

@@ -75,10 +75,10 @@ function pipelines(client: PoolClient, text: string | QueryConfig<unknown[]>): b
 }
 
 /**
- * Run `write`, which sends a query on `client`, with the client's socket corked: node-postgres
- * writes each protocol message on its own (a query with parameters is five, and BEGIN pipelined
- * with it one more), and corking turns them into one write to the kernel. A query that waits in
- * node-postgres's own queue is not sent here, and is unaffected.
+ * Run `write`, which sends queries on `client`, with the client's socket corked. node-postgres
+ * corks each query's own messages (parse, bind, describe, execute, sync), but not two queries
+ * written back to back: BEGIN pipelined with the first query would leave in two writes. A query
+ * that waits in node-postgres's own queue is not sent here, and is unaffected.
  */
 function corked<T>(client: PoolClient, write: () => T): T {
   const socket = (client as { connection?: { stream?: Partial<Pick<Writable, 'cork' | 'uncork'>> } }).connection
@@ -431,7 +431,7 @@ export class DbSession implements AsyncDisposable {
       // Mid-transaction: send it now, there is no BEGIN to wait for.
       const sent =
         client !== undefined && this.#inTransaction && !this.#closed && this.#cut === undefined
-          ? corked(client, () => client.query<R, unknown[]>(text, values as unknown[] | undefined))
+          ? client.query<R, unknown[]>(text, values as unknown[] | undefined)
           : this.#beginWith<R>(text, values as unknown[] | undefined);
       return (
         done === undefined
@@ -1268,7 +1268,7 @@ export class DbSession implements AsyncDisposable {
     const client = await this.#connected();
     if (this.#inTransaction || !pipelines(client, text)) {
       await this.#begun();
-      return corked(client, () => client.query<R, unknown[]>(text, values));
+      return client.query<R, unknown[]>(text, values);
     }
     const options = this.#beginning();
     const mode = client as { pipeline: boolean };
@@ -1278,6 +1278,9 @@ export class DbSession implements AsyncDisposable {
       client.query(this.#driver.beginSql(options)),
       client.query<R, unknown[]>(text, values),
     ]);
+    // The first query may fail before BEGIN is answered (pg refuses a value it cannot write):
+    // observed now, reported below, never an unhandled rejection that ends the process.
+    first.catch(() => undefined);
     // Back to the pool's mode once both are answered (pipeline mode also refuses cursors).
     const restore = (): void => {
       mode.pipeline = was;

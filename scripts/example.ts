@@ -22,22 +22,14 @@ const child = spawn(
     detached: true,
   },
 );
-// `pnpm example` runs this file with `exec`, so that pnpm's child is this process rather than a
-// shell: a shell interrupted by Ctrl-C dies of SIGINT after its child ends, whatever the child's
-// exit code, and pnpm then reports "ELIFECYCLE Command failed" and exits 130. pnpm also relays the
-// terminal's SIGINT to its child: the same Ctrl-C arrives twice within milliseconds, and a
-// repeat inside `repeatMs` is that one Ctrl-C, not a second ("stop now").
-const repeatMs = 300;
-let last: { signal: NodeJS.Signals; at: number } | undefined;
-const forward = (signal: NodeJS.Signals): void => {
-  const at = performance.now();
-  if (last?.signal === signal && at - last.at < repeatMs) return;
-  last = { signal, at };
-  child.kill(signal);
-};
-process.on('SIGINT', forward);
-process.on('SIGTERM', forward);
+for (const signal of ['SIGINT', 'SIGTERM'] as const) process.on(signal, () => child.kill(signal));
 // A closed terminal (SIGHUP) would kill this process and leave the server, in a group of its own,
-// running with the port and its pool: shut it down as SIGTERM does.
-process.on('SIGHUP', () => forward('SIGTERM'));
+// running with the port and its pool: shut it down as SIGTERM does. A hang-up comes twice (from
+// the kernel and from the shell, to its jobs), and a second SIGTERM would cut the requests in
+// flight: only the first counts.
+let hungUp = false;
+process.on('SIGHUP', () => {
+  if (!hungUp) child.kill('SIGTERM');
+  hungUp = true;
+});
 child.on('exit', (code) => process.exit(code ?? 1));

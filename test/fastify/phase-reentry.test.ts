@@ -50,8 +50,13 @@ async function hookedApp(t: Test, db: DbConnect, table: string, phase: Phase, wh
       if (request.url === '/park' && phase !== 'preSerialization') parked.push(done);
       else done();
     });
-    if (phase === 'preParsing' || phase === 'preSerialization') {
+    if (phase === 'preParsing') {
       scope.addHook(phase, async (request, _reply, payload) => {
+        await write(`${request.url} ${phase}`);
+        return payload;
+      });
+    } else if (phase === 'preSerialization') {
+      scope.addHook(phase, async (request, _reply, payload: unknown) => {
         await write(`${request.url} ${phase}`);
         return payload;
       });

@@ -14,11 +14,11 @@ export interface ShutdownOptions {
 }
 
 /**
- * On SIGTERM or SIGINT: `stop()` (no new connections, requests in flight run to their end and
- * commit), closing keep-alive connections as their requests end, then `db.close()`. Requests
- * still running after `graceMs`, or at a second signal, have their connections cut: their clients
- * are gone, so their statements are cancelled and their transactions rolled back, and the
- * database closes right after.
+ * On SIGTERM, SIGINT or SIGHUP: `stop()` (no new connections, requests in flight run to their
+ * end and commit), closing keep-alive connections as their requests end, then `db.close()`.
+ * Requests still running after `graceMs`, or at a second signal, have their connections cut:
+ * their clients are gone, so their statements are cancelled and their transactions rolled back,
+ * and the database closes right after.
  *
  * @example
  * ```ts
@@ -55,4 +55,8 @@ export function closeOnSignals({ server, stop, db, graceMs = 10_000 }: ShutdownO
   };
   process.on('SIGTERM', shutdown);
   process.on('SIGINT', shutdown);
+  process.on('SIGHUP', shutdown);
+  // A closed terminal fails every write to it (EIO): the shutdown goes on without its log lines
+  // rather than ending on an unhandled 'error' event.
+  for (const stream of [process.stdout, process.stderr]) stream.on('error', () => {});
 }

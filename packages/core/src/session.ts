@@ -577,7 +577,8 @@ export class DbSession implements AsyncDisposable {
   /**
    * The session's `pg` client with its transaction begun, for query builders and ORMs that take
    * a client. The session owns it: its `release()` does nothing, and once the session gives the
-   * connection back (it closed, or its request ended) its `query` throws `SessionClosedError`.
+   * connection back (it closed, or its request ended) its `query` throws `SessionClosedError`, or
+   * the reason the session was cut off (`ClientAbortedError`, `DeadlineExceededError`).
    * Queries sent on it directly bypass the session's queue, so await them before using
    * `session.query` again.
    *

@@ -1,10 +1,11 @@
-// The plugin re-enters the request's context at the start of preHandler for every route, and at
-// the start of preParsing, preValidation and preSerialization only in a scope where the app adds
-// hooks of that phase (a phase without hooks is one Fastify skips). What is checked: an app hook
-// of each phase, added after the plugin in the root scope or in a child scope, finds the
-// request's own session when the request was parked before it (in an app onRequest hook, or a
-// reply sent from a parked callback) and resumed by another request's code; and the phases the
-// app leaves empty stay without hooks.
+// The plugin re-enters the request's context at the start of preParsing, preValidation,
+// preHandler and preSerialization only in a scope where the app adds hooks of that phase (a
+// phase without hooks is one Fastify skips), and in each route's handler. What is checked: an
+// app hook of each phase, added after the plugin in the root scope or in a child scope, finds
+// the request's own session when the request was parked before it (in an app onRequest hook, or
+// a reply sent from a parked callback) and resumed by another request's code; so does a handler
+// after a hook the plugin never saw (added before it); and the phases the app leaves empty stay
+// without hooks.
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { type DbConnect, dbSession } from '@context-db/core';
@@ -121,10 +122,46 @@ t.test('the phases the app gives no hooks stay without the plugin hooks', async 
   await app.ready();
   const routes = app.printRoutes({ commonPrefix: false, includeHooks: true });
   t.comment(routes);
-  t.notMatch(routes, /preParsing|preSerialization/, 'no route has hooks in phases the app left empty');
+  t.notMatch(routes, /preParsing|preHandler|preSerialization/, 'no route has hooks in phases the app left empty');
   t.match(
     routes,
     /\/c \(POST\)[\s\S]*• \(preValidation\) \["reenter\(\)","appHook\(\)"\]/,
     'the re-entering hook comes first',
   );
+});
+
+t.test("a handler after a parked hook added before the plugin runs in its request's context", async (t) => {
+  const { db, appName } = testDb(t);
+  const table = await createTable(t);
+  const app = Fastify();
+  t.teardown(() => app.close());
+  const parked: (() => void)[] = [];
+  // Added before the plugin: its addHook does not see it, and no phase start follows it.
+  app.addHook('preHandler', (request, _reply, done) => {
+    if (request.url === '/park') parked.push(done);
+    else done();
+  });
+  await app.register(contextDbPlugin, { db });
+  const write = async (text: string) => {
+    await (await dbSession(db)).query(`INSERT INTO ${table} (text) VALUES ($1)`, [text]);
+  };
+  app.post('/park', async () => {
+    await write('/park handler');
+    return { ok: true };
+  });
+  app.post('/open', async (_request, reply) => {
+    await write('/open handler');
+    for (const resume of parked.splice(0)) resume();
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    return reply.code(409).send({ conflict: true });
+  });
+  await app.listen({ port: 0, host: '127.0.0.1' });
+  const port = (app.server.address() as AddressInfo).port;
+  const parkedAnswer = post(port, '/park', '{}');
+  t.ok(await eventually(() => parked.length === 1), 'a request is parked');
+  t.equal(await post(port, '/open', '{}'), 409, 'the request that resumed it rolls back');
+  t.equal(await parkedAnswer, 200, 'the resumed request commits by its own status');
+  t.same(await texts(table), ['/park handler'], "the handler wrote in its own request's transaction");
+  t.ok(await eventually(() => checkedOut(db) === 0), 'nothing checked out');
+  t.equal((await activity(appName)).idleInTransaction, 0);
 });

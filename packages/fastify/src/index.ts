@@ -236,14 +236,11 @@ const plugin: FastifyPluginAsync<ContextDbPluginOptions> = async (fastify, optio
   });
 
   // A hook that parks the request and is resumed from another request's code leaves the rest of
-  // the chain in that request's context, and so does reading the body (its events come in the
-  // socket's). Re-enter the request's own at the start of preHandler, for every route (onRoute
-  // sees only routes declared once the plugin has loaded); around each of the route's own hooks,
-  // which run after the app's, the last preHandler one right before the handler; and at the
-  // start of the other phases in a scope where the app adds hooks of that phase (see
-  // reenterBefore). A phase without hooks is one Fastify skips: a re-entering hook there would
-  // make every request run it for nothing.
-  fastify.addHook('preHandler', reenter);
+  // the chain in that request's context. Re-enter the request's own at the start of each phase
+  // in a scope where the app adds hooks of that phase (see reenterBefore), around each of the
+  // route's own hooks (which run after the app's), and in the route's handler (onRoute). A phase
+  // without hooks is one Fastify skips: a re-entering hook there would make every request run it
+  // for nothing. onRoute sees only routes declared once the plugin has loaded.
   reenterBefore(fastify);
   // The not-found handler is no route onRoute sees, and its onSend hooks are the scope's, in
   // order: an app-level hook added after the plugin would run after an app-level decision. Its
@@ -263,7 +260,8 @@ const plugin: FastifyPluginAsync<ContextDbPluginOptions> = async (fastify, optio
     route.onRequest = aroundEach(route.onRequest, reenter);
     route.preParsing = aroundEach(route.preParsing, reenterPassing);
     route.preValidation = aroundEach(route.preValidation, reenter);
-    route.preHandler = aroundEach(route.preHandler, reenter, true);
+    route.preHandler = aroundEach(route.preHandler, reenter);
+    route.handler = inRequestScope(route.handler);
     route.preSerialization = aroundEach(route.preSerialization, reenterPassing);
     // Route-level onSend hooks run after the app's: deciding in the app-level hook would commit
     // before one of them fails, so the route's own last hook decides. Only the HEAD twin Fastify
@@ -478,17 +476,33 @@ function recordSentStatus(res: ServerResponse, state: RequestState): void {
   } as ServerResponse['writeHead'];
 }
 
-function resume(request: FastifyRequest, next: () => void): void {
+/** Runs `fn` in the request's context (an opted-out request: outside any), entered if need be. */
+function within<R>(request: FastifyRequest, fn: () => R): R {
   const state = entryOf(request);
-  if (state === undefined) next();
-  else if (state === OUTSIDE) leave(next);
-  else if (state.rc.current) next();
-  else state.rc.run(next);
+  if (state === undefined) return fn();
+  if (state === OUTSIDE) return leave(fn);
+  return state.rc.current ? fn() : state.rc.run(fn);
 }
 
-function leave(next: () => void): void {
-  if (isContextInitiated()) runOutsideCtx(next);
-  else next();
+function resume(request: FastifyRequest, next: () => void): void {
+  within(request, next);
+}
+
+function leave<R>(fn: () => R): R {
+  return isContextInitiated() ? runOutsideCtx(fn) : fn();
+}
+
+type Handler = (this: unknown, request: FastifyRequest, reply: FastifyReply) => unknown;
+const kInScope = Symbol('context-db handler');
+
+/** The route's handler, run in the request's context whatever context a parked hook left. */
+function inRequestScope<H>(handler: H): H {
+  if (typeof handler !== 'function' || kInScope in handler) return handler;
+  const own = handler as unknown as Handler;
+  const wrapped = function (this: unknown, request: FastifyRequest, reply: FastifyReply): unknown {
+    return within(request, () => own.call(this, request, reply));
+  };
+  return Object.assign(wrapped, { [kInScope]: true }) as H;
 }
 
 // Hook shapes: (request, reply, done) and, for the phases that pass a payload on,
@@ -505,20 +519,21 @@ function toArray<H>(hooks: H | H[] | undefined): H[] {
   return hooks === undefined ? [] : Array.isArray(hooks) ? hooks : [hooks];
 }
 
-/** `[re, hook1, re, hook2, …, re]`, the same when applied twice; no hooks stay none unless `always`. */
-function aroundEach<H, R>(hooks: H | H[] | undefined, re: R, always = false): (H | R)[] {
+/** `[re, hook1, re, hook2, …, re]`, the same when applied twice; no hooks stay none. */
+function aroundEach<H, R>(hooks: H | H[] | undefined, re: R): (H | R)[] {
   const own = toArray(hooks).filter((hook) => hook !== (re as unknown));
-  return own.length === 0 && !always ? [] : [...own.flatMap((hook) => [re, hook]), re];
+  return own.length === 0 ? [] : [...own.flatMap((hook) => [re, hook]), re];
 }
 
 type Scope = Parameters<FastifyPluginAsync>[0];
 type HookName = Parameters<Scope['addHook']>[0];
 
 // The phases after onRequest (where the context opens) whose start is re-entered once the app
-// has hooks there; preHandler always is.
+// has hooks there.
 const phaseStarts: Partial<Record<HookName, typeof reenter | typeof reenterPassing>> = {
   preParsing: reenterPassing,
   preValidation: reenter,
+  preHandler: reenter,
   preSerialization: reenterPassing,
 };
 // The phases re-entered in a scope: an own property, because a child scope's hooks are a copy

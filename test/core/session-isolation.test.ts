@@ -1,5 +1,6 @@
-// Nothing of one session reaches the next one through a pooled connection: not its settings, temp
-// tables, advisory locks or LISTENs (reset in the flight of its last COMMIT or ROLLBACK), not its
+// Nothing of one session reaches the next one through a pooled connection: not its settings, role,
+// temp tables, held cursors, advisory locks or LISTENs (reset in the flight of its last COMMIT or
+// ROLLBACK), not its
 // raw client (revoked on release), not its async context (connections open outside any request).
 import { currentCtx, DbConnect, type DbSession, DbSessionCtx, dbSession } from '@context-db/core';
 import t from 'tap';
@@ -18,7 +19,7 @@ const pid = async (s: DbSession): Promise<number> =>
 
 const lockKey = 0x5e551;
 
-async function leaveState(session: DbSession, schema: string): Promise<number> {
+async function leaveState(session: DbSession, schema: string, role: string): Promise<number> {
   await session.query(`SELECT set_config('app.tenant', 'tenant-a', false)`);
   await session.query(`SET search_path = ${schema}, public`);
   await session.query('CREATE TEMP TABLE leftover (secret text)');
@@ -26,7 +27,10 @@ async function leaveState(session: DbSession, schema: string): Promise<number> {
   await session.query(`SELECT pg_advisory_lock(${lockKey})`);
   await session.query('SET default_transaction_read_only = on');
   await session.query('LISTEN tenant_a_events');
-  return pid(session);
+  await session.query('DECLARE leftover_cursor CURSOR WITH HOLD FOR SELECT 1');
+  const backend = await pid(session);
+  await session.query(`SET ROLE ${role}`);
+  return backend;
 }
 
 async function stateSeen(session: DbSession) {
@@ -36,10 +40,13 @@ async function stateSeen(session: DbSession) {
     temp: string | null;
     read_only: string;
     channels: string[];
+    user_name: string;
+    cursors: number;
   }>(
     `SELECT current_setting('app.tenant', true) AS tenant, current_setting('search_path') AS search_path,
             to_regclass('pg_temp.leftover')::text AS temp, current_setting('default_transaction_read_only') AS read_only,
-            ARRAY(SELECT pg_listening_channels()) AS channels`,
+            ARRAY(SELECT pg_listening_channels()) AS channels, current_user AS user_name,
+            (SELECT count(*)::int FROM pg_cursors) AS cursors`,
   );
   return rows[0];
 }
@@ -50,13 +57,25 @@ for (const statusCode of [200, 500]) {
     const schema = `tenant_${Date.now()}_${statusCode}`;
     await admin.query(`CREATE SCHEMA ${schema}`);
     t.teardown(() => admin.query(`DROP SCHEMA ${schema} CASCADE`));
-    const firstPid = await inCtx(db, statusCode, (s) => leaveState(s, schema));
+    const role = `${schema}_role`;
+    await admin.query(`CREATE ROLE ${role}`);
+    t.teardown(() => admin.query(`DROP ROLE ${role}`));
+    const { rows: me } = await admin.query<{ user_name: string }>('SELECT current_user AS user_name');
+    const firstPid = await inCtx(db, statusCode, (s) => leaveState(s, schema, role));
     const { secondPid, seen } = await inCtx(db, 200, async (s) => ({
       secondPid: await pid(s),
       seen: await stateSeen(s),
     }));
     t.equal(secondPid, firstPid, 'the next request got the same connection');
-    t.match(seen, { tenant: /^$|^null$/, search_path: '"$user", public', temp: null, read_only: 'off', channels: [] });
+    t.match(seen, {
+      tenant: /^$|^null$/,
+      search_path: '"$user", public',
+      temp: null,
+      read_only: 'off',
+      channels: [],
+      user_name: me[0]?.user_name,
+      cursors: 0,
+    });
     const { rows } = await admin.query<{ locked: boolean }>(`SELECT pg_try_advisory_lock(${lockKey}) AS locked`);
     t.equal(rows[0]?.locked, true, 'the advisory lock was let go');
     await admin.query(`SELECT pg_advisory_unlock(${lockKey})`);

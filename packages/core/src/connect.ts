@@ -47,10 +47,12 @@ export interface DbConnectOptions {
 /**
  * What `DISCARD ALL` does, minus what it cannot do in our flight (it refuses to run in a
  * multi-statement string) and minus `DEALLOCATE ALL`, which would drop the prepared statements
- * node-postgres caches per connection (`name` queries) behind its back.
+ * node-postgres caches per connection (`name` queries) behind its back. `SET SESSION
+ * AUTHORIZATION DEFAULT` also ends a `SET ROLE`. Each statement costs the server a little on
+ * every request that used a connection: none is redundant.
  */
 export const RESET_SESSION_SQL =
-  'CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; RESET ROLE; UNLISTEN *; ' +
+  'CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; UNLISTEN *; ' +
   'SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES';
 
 // Connections are opened, and handed between sessions, from an async scope of no request: a

@@ -33,6 +33,23 @@ function post(port: number, path: string, body: string): Promise<number> {
   });
 }
 
+/** Inserts `text` into `table` on the context's session. */
+function writer(db: DbConnect, table: string): (text: string) => Promise<void> {
+  return async (text) => {
+    await (await dbSession(db)).query(`INSERT INTO ${table} (text) VALUES ($1)`, [text]);
+  };
+}
+
+/** POST /open: writes `/open handler`, resumes the parked requests, keeps working, answers 409. */
+function addOpener(app: FastifyInstance, write: (text: string) => Promise<void>, parked: (() => void)[]): void {
+  app.post('/open', async (_request, reply) => {
+    await write('/open handler');
+    for (const resume of parked.splice(0)) resume();
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    return reply.code(409).send({ conflict: true });
+  });
+}
+
 /**
  * An app whose hook of `phase` (in `where`) writes `<url> <phase>` with dbSession(), and whose
  * POST /w handler writes `/w handler`. POST /park is parked until POST /open runs: in an app
@@ -42,9 +59,7 @@ async function hookedApp(t: Test, db: DbConnect, table: string, phase: Phase, wh
   const app = Fastify();
   t.teardown(() => app.close());
   await app.register(contextDbPlugin, { db });
-  const write = async (text: string) => {
-    await (await dbSession(db)).query(`INSERT INTO ${table} (text) VALUES ($1)`, [text]);
-  };
+  const write = writer(db, table);
   const parked: (() => void)[] = [];
   const routes = async (scope: FastifyInstance) => {
     scope.addHook('onRequest', (request, _reply, done) => {
@@ -77,12 +92,7 @@ async function hookedApp(t: Test, db: DbConnect, table: string, phase: Phase, wh
   };
   if (where === 'root') await routes(app);
   else await app.register(routes);
-  app.post('/open', async (_request, reply) => {
-    await write('/open handler');
-    for (const resume of parked.splice(0)) resume();
-    await new Promise((resolve) => setTimeout(resolve, 50));
-    return reply.code(409).send({ conflict: true });
-  });
+  addOpener(app, write, parked);
   await app.listen({ port: 0, host: '127.0.0.1' });
   return { app, port: (app.server.address() as AddressInfo).port, parked };
 }
@@ -142,19 +152,12 @@ t.test("a handler after a parked hook added before the plugin runs in its reques
     else done();
   });
   await app.register(contextDbPlugin, { db });
-  const write = async (text: string) => {
-    await (await dbSession(db)).query(`INSERT INTO ${table} (text) VALUES ($1)`, [text]);
-  };
+  const write = writer(db, table);
   app.post('/park', async () => {
     await write('/park handler');
     return { ok: true };
   });
-  app.post('/open', async (_request, reply) => {
-    await write('/open handler');
-    for (const resume of parked.splice(0)) resume();
-    await new Promise((resolve) => setTimeout(resolve, 50));
-    return reply.code(409).send({ conflict: true });
-  });
+  addOpener(app, write, parked);
   await app.listen({ port: 0, host: '127.0.0.1' });
   const port = (app.server.address() as AddressInfo).port;
   const parkedAnswer = post(port, '/park', '{}');

@@ -1,0 +1,83 @@
+// Review of a272149: a route's handler now re-enters its request's context itself (wrapped in
+// onRoute), and preHandler is no longer re-entered for every route. The not-found handler is no
+// route onRoute sees, so its handler is not wrapped, and without app preHandler hooks nothing
+// re-enters before it: a request parked by an app onRequest gate (added after the plugin) and
+// resumed by another request's code runs setNotFoundHandler's handler in the other request's
+// context, with its session. Its writes then commit or roll back by the other request's status,
+// not by its own (the README: "in the handler, so the handler and everything Fastify does with
+// its result use the request's own session"). Both directions: a SPA fallback answering 200
+// whose write is lost, and a 404 whose write commits. Before a272149 the app-level preHandler
+// re-entry covered the not-found handler too.
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { type DbConnect, dbSession } from '@context-db/core';
+import { contextDbPlugin } from '@context-db/fastify';
+import Fastify from 'fastify';
+import t, { type Test } from 'tap';
+import { activity, checkedOut, createTable, eventually, testDb, texts } from '../fixtures/db.js';
+
+const runTodo = process.env.REVIEW_RUN_TODO === '1';
+
+function post(port: number, path: string, body: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const req = http.request(
+      { port, host: '127.0.0.1', path, method: 'POST', headers: { 'content-type': 'application/json' } },
+      (res) => {
+        res.resume();
+        res.on('end', () => resolve(res.statusCode ?? 0));
+      },
+    );
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
+async function app(t: Test, db: DbConnect, table: string, notFoundStatus: number, openStatus: number) {
+  const app = Fastify();
+  t.teardown(() => app.close());
+  await app.register(contextDbPlugin, { db });
+  const write = async (text: string) => {
+    await (await dbSession(db)).query(`INSERT INTO ${table} (text) VALUES ($1)`, [text]);
+  };
+  const parked: (() => void)[] = [];
+  app.addHook('onRequest', (request, _reply, done) => {
+    if (request.url === '/missing') parked.push(done);
+    else done();
+  });
+  app.setNotFoundHandler(async (request, reply) => {
+    await write(`${request.url} not found`);
+    return reply.code(notFoundStatus).send({ fallback: true });
+  });
+  app.post('/open', async (_request, reply) => {
+    await write('/open handler');
+    for (const resume of parked.splice(0)) resume();
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    return reply.code(openStatus).send({ open: true });
+  });
+  await app.listen({ port: 0, host: '127.0.0.1' });
+  return { port: (app.server.address() as AddressInfo).port, parked };
+}
+
+for (const [notFoundStatus, openStatus, expected] of [
+  [200, 409, ['/missing not found']],
+  [404, 200, ['/open handler']],
+] as const) {
+  t.test(
+    `a parked request's not-found handler (${notFoundStatus}, resumed by a ${openStatus}) uses its own session`,
+    async (t) => {
+      const { db, appName } = testDb(t);
+      const table = await createTable(t);
+      const { port, parked } = await app(t, db, table, notFoundStatus, openStatus);
+      const parkedAnswer = post(port, '/missing', '{}');
+      t.ok(await eventually(() => parked.length === 1), 'a request is parked');
+      t.equal(await post(port, '/open', '{}'), openStatus, 'the request that resumed it');
+      t.equal(await parkedAnswer, notFoundStatus, "the not-found handler's answer");
+      t.same(await texts(table), expected, "each request's writes follow its own status", {
+        todo:
+          !runTodo && "the not-found handler is not wrapped and nothing re-enters before it: it used /open's session",
+      });
+      t.ok(await eventually(() => checkedOut(db) === 0), 'nothing checked out');
+      t.equal((await activity(appName)).idleInTransaction, 0);
+    },
+  );
+}

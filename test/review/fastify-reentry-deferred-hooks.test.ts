@@ -1,0 +1,120 @@
+// Review of b8d0c97 and a272149: the plugin's addHook puts a re-entering hook first in a phase
+// the first time the app adds a hook of that phase in a scope (it marks the phase at once), but
+// Fastify's addHook adds request hooks later, in an after() callback of the scope's queue. What
+// avvio loads between the call and that callback (a fastify-plugin plugin or a child scope
+// registered, not awaited, just before) adds its own hooks of the phase first: they run before
+// the re-entering hook, so a request parked earlier (an app onRequest gate) and resumed by
+// another request's code runs them in the other request's context, with its session, although
+// they were added after the plugin loaded (the README promises re-entry at the start of such a
+// phase). The preHandler case passed before a272149, which re-entered every route's preHandler
+// at its start. Each app is printed with its hooks (t.comment) to show the order Fastify ended
+// up with: ["pluginHook()","reenter()","appHook()"].
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { type DbConnect, dbSession } from '@context-db/core';
+import { contextDbPlugin } from '@context-db/fastify';
+import Fastify, { type FastifyInstance } from 'fastify';
+import fp from 'fastify-plugin';
+import t, { type Test } from 'tap';
+import { activity, admin, checkedOut, createTable, eventually, testDb, texts } from '../fixtures/db.js';
+
+const runTodo = process.env.REVIEW_RUN_TODO === '1';
+
+/** POST with a body written in two parts, so that the body is read in socket events. */
+function post(port: number, path: string, body: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const req = http.request(
+      { port, host: '127.0.0.1', path, method: 'POST', headers: { 'content-type': 'application/json' } },
+      (res) => {
+        res.resume();
+        res.on('end', () => resolve(res.statusCode ?? 0));
+      },
+    );
+    req.on('error', reject);
+    req.write(body.slice(0, 3));
+    setTimeout(() => req.end(body.slice(3)), 20);
+  });
+}
+
+type Phase = 'preValidation' | 'preHandler';
+type How = 'fastify-plugin plugin' | 'child scope';
+
+/**
+ * Every hook and handler writes `<route> <name>` with dbSession(). A request to `<route>?park`
+ * is parked by an app onRequest gate (added after the plugin) until POST /open, which writes
+ * `/open handler`, resumes it and answers 409 (rolls back).
+ */
+async function app(t: Test, db: DbConnect, table: string, phase: Phase, how: How) {
+  const app = Fastify();
+  t.teardown(() => app.close());
+  await app.register(contextDbPlugin, { db });
+  const write = async (text: string) => {
+    await (await dbSession(db)).query(`INSERT INTO ${table} (text) VALUES ($1)`, [text]);
+  };
+  const parked: (() => void)[] = [];
+  app.addHook('onRequest', (request, _reply, done) => {
+    if ('park' in (request.query as object)) parked.push(done);
+    else done();
+  });
+  const hooked = (scope: FastifyInstance, name: string) => {
+    scope.addHook(phase, async function pluginHook(request) {
+      await write(`${request.routeOptions.url} ${name}`);
+    });
+  };
+  if (how === 'fastify-plugin plugin') {
+    // An auth plugin, say: shares the app's scope; registered, not awaited, as is usual.
+    app.register(fp(async (scope) => hooked(scope, 'plugin hook')));
+  } else {
+    app.register(async (child) => {
+      hooked(child, 'child hook');
+      child.post('/c', async () => {
+        await write('/c handler');
+        return { ok: true };
+      });
+    });
+  }
+  // The app's own hook of the same phase, added right after (the scope's first of the phase).
+  app.addHook(phase, async function appHook(request) {
+    await write(`${request.routeOptions.url} app hook`);
+  });
+  app.post('/r', async () => {
+    await write('/r handler');
+    return { ok: true };
+  });
+  app.post('/open', async (_request, reply) => {
+    await write('/open handler');
+    for (const resume of parked.splice(0)) resume();
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    return reply.code(409).send({ conflict: true });
+  });
+  await app.listen({ port: 0, host: '127.0.0.1' });
+  t.comment(app.printRoutes({ commonPrefix: false, includeHooks: true }));
+  return { port: (app.server.address() as AddressInfo).port, parked };
+}
+
+for (const phase of ['preValidation', 'preHandler'] as const) {
+  for (const [how, route, name] of [
+    ['fastify-plugin plugin', '/r', 'plugin hook'],
+    ['child scope', '/c', 'child hook'],
+  ] as const) {
+    t.test(`a ${phase} hook of a ${how} registered before the app's own runs in its request's context`, async (t) => {
+      const { db, appName } = testDb(t);
+      const table = await createTable(t);
+      const { port, parked } = await app(t, db, table, phase, how);
+      const expected = [`${route} ${name}`, `${route} app hook`, `${route} handler`].sort();
+      t.equal(await post(port, route, '{"a":1}'), 200, 'a request nothing parks');
+      t.same((await texts(table)).sort(), expected, 'it commits all its writes');
+      await admin.query(`TRUNCATE ${table}`);
+
+      const parkedAnswer = post(port, `${route}?park`, '{"a":2}');
+      t.ok(await eventually(() => parked.length === 1), 'a request is parked');
+      t.equal(await post(port, '/open', '{}'), 409, 'the request that resumed it rolls back');
+      t.equal(await parkedAnswer, 200, 'the resumed request answers 200');
+      t.same((await texts(table)).sort(), expected, "each write was made in its own request's transaction", {
+        todo: !runTodo && `the ${name} runs before the re-entering hook: in /open's transaction, rolled back`,
+      });
+      t.ok(await eventually(() => checkedOut(db) === 0), 'nothing checked out');
+      t.equal((await activity(appName)).idleInTransaction, 0);
+    });
+  }
+}

@@ -250,19 +250,16 @@ const plugin: FastifyPluginAsync<ContextDbPluginOptions> = async (fastify, optio
   const setNotFoundHandler = fastify.setNotFoundHandler as (this: unknown, ...args: unknown[]) => unknown;
   fastify.setNotFoundHandler = function (this: unknown, first?: unknown, second?: unknown) {
     const [opts, handler] = typeof first === 'function' ? [{}, first] : [first ?? {}, second];
-    return setNotFoundHandler.call(this, decidingLast(opts as NotFoundOptions), handler);
+    const options = { ...(opts as NotFoundOptions), ...reenteringHooks(opts as PhaseHooks) };
+    return setNotFoundHandler.call(this, decidingLast(options), inRequestScope(handler));
   } as typeof fastify.setNotFoundHandler;
 
   fastify.addHook('onRoute', (route) => {
     // Checked now, so that a bad value fails at start-up; kept checked, so requests skip it.
     const transaction = routeOptions(route.config?.contextDb, `${String(route.method)} ${route.url}`);
     if (transaction !== undefined) route.config = { ...route.config, contextDb: { transaction } };
-    route.onRequest = aroundEach(route.onRequest, reenter);
-    route.preParsing = aroundEach(route.preParsing, reenterPassing);
-    route.preValidation = aroundEach(route.preValidation, reenter);
-    route.preHandler = aroundEach(route.preHandler, reenter);
+    Object.assign(route, reenteringHooks(route));
     route.handler = inRequestScope(route.handler);
-    route.preSerialization = aroundEach(route.preSerialization, reenterPassing);
     // Route-level onSend hooks run after the app's: deciding in the app-level hook would commit
     // before one of them fails, so the route's own last hook decides. Only the HEAD twin Fastify
     // adds to a GET route ends with a hook of Fastify's that must run after the decision: it
@@ -296,6 +293,25 @@ type OnSendDone = Parameters<onSendHookHandler>[3];
 interface NotFoundOptions {
   readonly onSend?: onSendHookHandler | onSendHookHandler[] | undefined;
   readonly config?: FastifyContextConfig | undefined;
+}
+
+interface PhaseHooks {
+  readonly onRequest?: unknown;
+  readonly preParsing?: unknown;
+  readonly preValidation?: unknown;
+  readonly preHandler?: unknown;
+  readonly preSerialization?: unknown;
+}
+
+/** A route's (or the not-found handler's) own hooks of each phase, each between re-entering hooks. */
+function reenteringHooks(options: PhaseHooks): Record<keyof PhaseHooks, unknown[]> {
+  return {
+    onRequest: aroundEach(options.onRequest, reenter),
+    preParsing: aroundEach(options.preParsing, reenterPassing),
+    preValidation: aroundEach(options.preValidation, reenter),
+    preHandler: aroundEach(options.preHandler, reenter),
+    preSerialization: aroundEach(options.preSerialization, reenterPassing),
+  };
 }
 
 /** `options` with the deciding hook as its last onSend (the route's own re-entering). */
@@ -528,39 +544,27 @@ function aroundEach<H, R>(hooks: H | H[] | undefined, re: R): (H | R)[] {
 type Scope = Parameters<FastifyPluginAsync>[0];
 type HookName = Parameters<Scope['addHook']>[0];
 
-// The phases after onRequest (where the context opens) whose start is re-entered once the app
-// has hooks there.
-const phaseStarts: Partial<Record<HookName, typeof reenter | typeof reenterPassing>> = {
+// The phases after onRequest (where the context opens) whose app hooks are each preceded by a
+// re-entering hook.
+const reentering: Partial<Record<HookName, typeof reenter | typeof reenterPassing>> = {
   preParsing: reenterPassing,
   preValidation: reenter,
   preHandler: reenter,
   preSerialization: reenterPassing,
 };
-// The phases re-entered in a scope: an own property, because a child scope's hooks are a copy
-// of its parent's when it is created, not a view of them.
-const kReentered = Symbol('context-db re-entered phases');
-type ReenteringScope = Scope & { [kReentered]?: Set<HookName> };
 
 /**
- * Makes `addHook` of this scope and its children put a re-entering hook first in the phase of
- * the first app hook added there (the plugin's instance is the prototype of its children, so
- * they call this `addHook` too).
+ * Makes `addHook` of this scope and its children (the plugin's instance is the prototype of its
+ * children, so they call this `addHook` too) put a re-entering hook right before each hook of
+ * those phases. Right before each, not once per phase: Fastify adds hooks later than `addHook`
+ * is called (a plugin registered before may add its own in between), and a hook that parks
+ * the request may run before any other hook of its phase.
  */
 function reenterBefore(fastify: Scope): void {
-  const scope = fastify as ReenteringScope;
-  scope[kReentered] = new Set();
   const addHook = fastify.addHook as (this: Scope, name: HookName, hook: unknown) => Scope;
-  fastify.addHook('onRegister', (child) => {
-    const parent = Object.getPrototypeOf(child) as ReenteringScope;
-    (child as ReenteringScope)[kReentered] = new Set(parent[kReentered]);
-  });
-  scope.addHook = function (this: ReenteringScope, name: HookName, hook: unknown) {
-    const start = phaseStarts[name];
-    const reentered = this[kReentered];
-    if (start !== undefined && reentered !== undefined && !reentered.has(name)) {
-      reentered.add(name);
-      addHook.call(this, name, start);
-    }
+  fastify.addHook = function (this: Scope, name: HookName, hook: unknown) {
+    const re = reentering[name];
+    if (re !== undefined) addHook.call(this, name, re);
     return addHook.call(this, name, hook);
   } as Scope['addHook'];
 }

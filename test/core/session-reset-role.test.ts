@@ -1,12 +1,11 @@
-// Review of ab525f6: the session reset dropped RESET ROLE and relies on SET SESSION AUTHORIZATION
-// DEFAULT to end a SET ROLE. The role GUC is GUC_NO_RESET_ALL (RESET ALL leaves it), so any way
-// that the old role value could survive and come back is tried here, on one pooled connection
-// (pool max 1): a role set by SET ROLE inside a DO block, by set_config('role', …, false), after
-// SET SESSION AUTHORIZATION to another role, in a request that rolls back, after an early
-// commitDbSession(), in newNonCtxSession(); and in the next request, whether a role change undone
-// by ROLLBACK TO SAVEPOINT, or a function with a SET role clause, brings the old role back (the
-// GUC machinery restores the value it saved, calling the role's assign hook). Held on PostgreSQL
-// 15 (the test server) and, by hand, on 18.4: kept as a regression test.
+// The session reset ends a SET ROLE with SET SESSION AUTHORIZATION DEFAULT (it has no RESET
+// ROLE). The role GUC is GUC_NO_RESET_ALL (RESET ALL leaves it), so any way that the old role
+// value could survive and come back is tried here, on one pooled connection (pool max 1): a role
+// set by SET ROLE inside a DO block, by set_config('role', …, false), after SET SESSION
+// AUTHORIZATION to another role, in a request that rolls back, after an early commitDbSession(),
+// in newNonCtxSession(); and in the next request, whether a role change undone by ROLLBACK TO
+// SAVEPOINT, or a function with a SET role clause, brings the old role back (the GUC machinery
+// restores the value it saved, calling the role's assign hook).
 import {
   commitDbSession,
   type DbConnect,

@@ -4,27 +4,13 @@
 // setNotFoundHandler's handler with its own session, so its writes commit or roll back by its
 // own status, not the other's. Both directions: a SPA fallback answering 200 whose write must
 // commit, and a 404 whose write must not.
-import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { type DbConnect, dbSession } from '@context-db/core';
 import { contextDbPlugin } from '@context-db/fastify';
 import Fastify from 'fastify';
 import t, { type Test } from 'tap';
 import { activity, checkedOut, createTable, eventually, testDb, texts } from '../fixtures/db.js';
-
-function post(port: number, path: string, body: string): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const req = http.request(
-      { port, host: '127.0.0.1', path, method: 'POST', headers: { 'content-type': 'application/json' } },
-      (res) => {
-        res.resume();
-        res.on('end', () => resolve(res.statusCode ?? 0));
-      },
-    );
-    req.on('error', reject);
-    req.end(body);
-  });
-}
+import { postJson } from '../fixtures/fastify.js';
 
 async function app(t: Test, db: DbConnect, table: string, notFoundStatus: number, openStatus: number) {
   const app = Fastify();
@@ -62,9 +48,9 @@ for (const [notFoundStatus, openStatus, expected] of [
       const { db, appName } = testDb(t);
       const table = await createTable(t);
       const { port, parked } = await app(t, db, table, notFoundStatus, openStatus);
-      const parkedAnswer = post(port, '/missing', '{}');
+      const parkedAnswer = postJson(port, '/missing', '{}');
       t.ok(await eventually(() => parked.length === 1), 'a request is parked');
-      t.equal(await post(port, '/open', '{}'), openStatus, 'the request that resumed it');
+      t.equal(await postJson(port, '/open', '{}'), openStatus, 'the request that resumed it');
       t.equal(await parkedAnswer, notFoundStatus, "the not-found handler's answer");
       t.same(await texts(table), expected, "each request's writes follow its own status");
       t.ok(await eventually(() => checkedOut(db) === 0), 'nothing checked out');

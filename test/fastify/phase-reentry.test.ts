@@ -6,32 +6,16 @@
 // a reply sent from a parked callback) and resumed by another request's code; so does a handler
 // after a hook the plugin never saw (added before it); and the phases the app leaves empty stay
 // without hooks.
-import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { type DbConnect, dbSession } from '@context-db/core';
 import { contextDbPlugin } from '@context-db/fastify';
 import Fastify, { type FastifyInstance } from 'fastify';
 import t, { type Test } from 'tap';
 import { activity, checkedOut, createTable, eventually, testDb, texts } from '../fixtures/db.js';
+import { postJson } from '../fixtures/fastify.js';
 
 type Phase = 'preParsing' | 'preValidation' | 'preHandler' | 'preSerialization';
 const phases: readonly Phase[] = ['preParsing', 'preValidation', 'preHandler', 'preSerialization'];
-
-/** POST with a body written in two parts, so that the body is read in socket events. */
-function post(port: number, path: string, body: string): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const req = http.request(
-      { port, host: '127.0.0.1', path, method: 'POST', headers: { 'content-type': 'application/json' } },
-      (res) => {
-        res.resume();
-        res.on('end', () => resolve(res.statusCode ?? 0));
-      },
-    );
-    req.on('error', reject);
-    req.write(body.slice(0, 3));
-    setTimeout(() => req.end(body.slice(3)), 20);
-  });
-}
 
 /** Inserts `text` into `table` on the context's session. */
 function writer(db: DbConnect, table: string): (text: string) => Promise<void> {
@@ -103,10 +87,10 @@ for (const phase of phases) {
       const { db, appName } = testDb(t);
       const table = await createTable(t);
       const { port, parked } = await hookedApp(t, db, table, phase, where);
-      t.equal(await post(port, '/w', '{"a":1}'), 200, 'a body read over the socket');
-      const parkedAnswer = post(port, '/park', '{"a":2}');
+      t.equal(await postJson(port, '/w', '{"a":1}'), 200, 'a body read over the socket');
+      const parkedAnswer = postJson(port, '/park', '{"a":2}');
       t.ok(await eventually(() => parked.length === 1), 'a request is parked');
-      t.equal(await post(port, '/open', '{}'), 409, 'the request that resumed it rolls back');
+      t.equal(await postJson(port, '/open', '{}'), 409, 'the request that resumed it rolls back');
       t.equal(await parkedAnswer, 200, 'the resumed request commits by its own status');
       t.same(
         (await texts(table)).sort(),
@@ -160,9 +144,9 @@ t.test("a handler after a parked hook added before the plugin runs in its reques
   addOpener(app, write, parked);
   await app.listen({ port: 0, host: '127.0.0.1' });
   const port = (app.server.address() as AddressInfo).port;
-  const parkedAnswer = post(port, '/park', '{}');
+  const parkedAnswer = postJson(port, '/park', '{}');
   t.ok(await eventually(() => parked.length === 1), 'a request is parked');
-  t.equal(await post(port, '/open', '{}'), 409, 'the request that resumed it rolls back');
+  t.equal(await postJson(port, '/open', '{}'), 409, 'the request that resumed it rolls back');
   t.equal(await parkedAnswer, 200, 'the resumed request commits by its own status');
   t.same(await texts(table), ['/park handler'], "the handler wrote in its own request's transaction");
   t.ok(await eventually(() => checkedOut(db) === 0), 'nothing checked out');

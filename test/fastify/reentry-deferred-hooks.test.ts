@@ -6,7 +6,6 @@
 // ran before any re-entering hook, and a request parked earlier (an app onRequest gate) and
 // resumed by another request's code ran them in the other request's transaction. Each app is
 // printed with its hooks (t.comment) to show the order Fastify ended up with.
-import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { type DbConnect, dbSession } from '@context-db/core';
 import { contextDbPlugin } from '@context-db/fastify';
@@ -14,22 +13,7 @@ import Fastify, { type FastifyInstance } from 'fastify';
 import fp from 'fastify-plugin';
 import t, { type Test } from 'tap';
 import { activity, admin, checkedOut, createTable, eventually, testDb, texts } from '../fixtures/db.js';
-
-/** POST with a body written in two parts, so that the body is read in socket events. */
-function post(port: number, path: string, body: string): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const req = http.request(
-      { port, host: '127.0.0.1', path, method: 'POST', headers: { 'content-type': 'application/json' } },
-      (res) => {
-        res.resume();
-        res.on('end', () => resolve(res.statusCode ?? 0));
-      },
-    );
-    req.on('error', reject);
-    req.write(body.slice(0, 3));
-    setTimeout(() => req.end(body.slice(3)), 20);
-  });
-}
+import { postJson } from '../fixtures/fastify.js';
 
 type Phase = 'preValidation' | 'preHandler';
 type How = 'fastify-plugin plugin' | 'child scope';
@@ -97,13 +81,13 @@ for (const phase of ['preValidation', 'preHandler'] as const) {
       const table = await createTable(t);
       const { port, parked } = await app(t, db, table, phase, how);
       const expected = [`${route} ${name}`, `${route} app hook`, `${route} handler`].sort();
-      t.equal(await post(port, route, '{"a":1}'), 200, 'a request nothing parks');
+      t.equal(await postJson(port, route, '{"a":1}'), 200, 'a request nothing parks');
       t.same((await texts(table)).sort(), expected, 'it commits all its writes');
       await admin.query(`TRUNCATE ${table}`);
 
-      const parkedAnswer = post(port, `${route}?park`, '{"a":2}');
+      const parkedAnswer = postJson(port, `${route}?park`, '{"a":2}');
       t.ok(await eventually(() => parked.length === 1), 'a request is parked');
-      t.equal(await post(port, '/open', '{}'), 409, 'the request that resumed it rolls back');
+      t.equal(await postJson(port, '/open', '{}'), 409, 'the request that resumed it rolls back');
       t.equal(await parkedAnswer, 200, 'the resumed request answers 200');
       t.same((await texts(table)).sort(), expected, "each write was made in its own request's transaction");
       t.ok(await eventually(() => checkedOut(db) === 0), 'nothing checked out');

@@ -75,6 +75,38 @@ for (const framework of frameworks) {
   });
 }
 
+for (const framework of frameworks) {
+  t.test(`${framework}: a statement on session.client() that outlives its cancel answers 503`, async (t) => {
+    const { db } = testDb(t, { max: 4 });
+    const table = await createTable(t);
+    const server = await startServer(
+      framework,
+      db,
+      {
+        stubborn: async (helpers) => {
+          const session = await helpers.session();
+          await session.query(`INSERT INTO ${table} (text) VALUES ('stubborn')`);
+          const client = await session.client();
+          // Catches the cancel and sleeps on: the cut closes the connection instead.
+          await client.query(
+            'DO $$ BEGIN PERFORM pg_sleep(3); EXCEPTION WHEN query_canceled THEN PERFORM pg_sleep(3); END $$',
+          );
+          return OK;
+        },
+      },
+      undefined,
+      { deadline: 300 },
+    );
+    t.teardown(() => server.close());
+    const sent = performance.now();
+    const result = await get(`${server.url}/r/stubborn`, { agent: new http.Agent() });
+    t.ok(performance.now() - sent < 2000, 'answered well before the statement would end');
+    t.match(result, { kind: 'response', status: 503 }, 'the deadline, not the lost connection, is the answer');
+    t.ok(await eventually(() => checkedOut(db) === 0), 'the connection was let go');
+    t.same(await texts(table), [], 'nothing committed');
+  });
+}
+
 // The deadline covers the request's work; once the request is committing (beforeCommit, then
 // COMMIT) it is not cut short (README, Guarantees): the answer must still agree with the database.
 t.test(

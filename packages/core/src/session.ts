@@ -357,9 +357,12 @@ export class DbSession implements AsyncDisposable {
   hookErrors: (err: unknown, kind: string) => void = reportHookError;
 
   // The statement that was running when the session was cut off rejects with the reason, not
-  // with PostgreSQL's "canceling statement due to user request".
+  // with PostgreSQL's "canceling statement due to user request", nor with the lost connection
+  // when the cancel did not stop it in time and the cut closed the connection instead.
   readonly #cutReason = (err: unknown): unknown =>
-    this.#cut !== undefined && (err as { code?: unknown } | null)?.code === '57014' ? this.#cut : err;
+    this.#cut !== undefined && ((err as { code?: unknown } | null)?.code === '57014' || connectionLost(err))
+      ? this.#cut
+      : err;
   readonly #cancelled = (err: unknown): never => {
     // The last statement error of the transaction: what a COMMIT answered with ROLLBACK reports
     // as its cause (so that a caught serialization failure still makes a retried block retry).

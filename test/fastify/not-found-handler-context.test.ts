@@ -5,20 +5,18 @@
 // own status, not the other's. Both directions: a SPA fallback answering 200 whose write must
 // commit, and a 404 whose write must not.
 import type { AddressInfo } from 'node:net';
-import { type DbConnect, dbSession } from '@context-db/core';
+import type { DbConnect } from '@context-db/core';
 import { contextDbPlugin } from '@context-db/fastify';
 import Fastify from 'fastify';
 import t, { type Test } from 'tap';
 import { activity, checkedOut, createTable, eventually, testDb, texts } from '../fixtures/db.js';
-import { postJson } from '../fixtures/fastify.js';
+import { addOpener, postJson, writer } from '../fixtures/fastify.js';
 
 async function app(t: Test, db: DbConnect, table: string, notFoundStatus: number, openStatus: number) {
   const app = Fastify();
   t.teardown(() => app.close());
   await app.register(contextDbPlugin, { db });
-  const write = async (text: string) => {
-    await (await dbSession(db)).query(`INSERT INTO ${table} (text) VALUES ($1)`, [text]);
-  };
+  const write = writer(db, table);
   const parked: (() => void)[] = [];
   app.addHook('onRequest', (request, _reply, done) => {
     if (request.url === '/missing') parked.push(done);
@@ -28,12 +26,7 @@ async function app(t: Test, db: DbConnect, table: string, notFoundStatus: number
     await write(`${request.url} not found`);
     return reply.code(notFoundStatus).send({ fallback: true });
   });
-  app.post('/open', async (_request, reply) => {
-    await write('/open handler');
-    for (const resume of parked.splice(0)) resume();
-    await new Promise((resolve) => setTimeout(resolve, 50));
-    return reply.code(openStatus).send({ open: true });
-  });
+  addOpener(app, write, parked, openStatus);
   await app.listen({ port: 0, host: '127.0.0.1' });
   return { port: (app.server.address() as AddressInfo).port, parked };
 }

@@ -7,32 +7,15 @@
 // after a hook the plugin never saw (added before it); and the phases the app leaves empty stay
 // without hooks.
 import type { AddressInfo } from 'node:net';
-import { type DbConnect, dbSession } from '@context-db/core';
+import type { DbConnect } from '@context-db/core';
 import { contextDbPlugin } from '@context-db/fastify';
 import Fastify, { type FastifyInstance } from 'fastify';
 import t, { type Test } from 'tap';
 import { activity, checkedOut, createTable, eventually, testDb, texts } from '../fixtures/db.js';
-import { postJson } from '../fixtures/fastify.js';
+import { addOpener, postJson, writer } from '../fixtures/fastify.js';
 
 type Phase = 'preParsing' | 'preValidation' | 'preHandler' | 'preSerialization';
 const phases: readonly Phase[] = ['preParsing', 'preValidation', 'preHandler', 'preSerialization'];
-
-/** Inserts `text` into `table` on the context's session. */
-function writer(db: DbConnect, table: string): (text: string) => Promise<void> {
-  return async (text) => {
-    await (await dbSession(db)).query(`INSERT INTO ${table} (text) VALUES ($1)`, [text]);
-  };
-}
-
-/** POST /open: writes `/open handler`, resumes the parked requests, keeps working, answers 409. */
-function addOpener(app: FastifyInstance, write: (text: string) => Promise<void>, parked: (() => void)[]): void {
-  app.post('/open', async (_request, reply) => {
-    await write('/open handler');
-    for (const resume of parked.splice(0)) resume();
-    await new Promise((resolve) => setTimeout(resolve, 50));
-    return reply.code(409).send({ conflict: true });
-  });
-}
 
 /**
  * An app whose hook of `phase` (in `where`) writes `<url> <phase>` with dbSession(), and whose

@@ -7,13 +7,13 @@
 // resumed by another request's code ran them in the other request's transaction. Each app is
 // printed with its hooks (t.comment) to show the order Fastify ended up with.
 import type { AddressInfo } from 'node:net';
-import { type DbConnect, dbSession } from '@context-db/core';
+import type { DbConnect } from '@context-db/core';
 import { contextDbPlugin } from '@context-db/fastify';
 import Fastify, { type FastifyInstance } from 'fastify';
 import fp from 'fastify-plugin';
 import t, { type Test } from 'tap';
 import { activity, admin, checkedOut, createTable, eventually, testDb, texts } from '../fixtures/db.js';
-import { postJson } from '../fixtures/fastify.js';
+import { addOpener, postJson, writer } from '../fixtures/fastify.js';
 
 type Phase = 'preValidation' | 'preHandler';
 type How = 'fastify-plugin plugin' | 'child scope';
@@ -27,9 +27,7 @@ async function app(t: Test, db: DbConnect, table: string, phase: Phase, how: How
   const app = Fastify();
   t.teardown(() => app.close());
   await app.register(contextDbPlugin, { db });
-  const write = async (text: string) => {
-    await (await dbSession(db)).query(`INSERT INTO ${table} (text) VALUES ($1)`, [text]);
-  };
+  const write = writer(db, table);
   const parked: (() => void)[] = [];
   app.addHook('onRequest', (request, _reply, done) => {
     if ('park' in (request.query as object)) parked.push(done);
@@ -60,12 +58,7 @@ async function app(t: Test, db: DbConnect, table: string, phase: Phase, how: How
     await write('/r handler');
     return { ok: true };
   });
-  app.post('/open', async (_request, reply) => {
-    await write('/open handler');
-    for (const resume of parked.splice(0)) resume();
-    await new Promise((resolve) => setTimeout(resolve, 50));
-    return reply.code(409).send({ conflict: true });
-  });
+  addOpener(app, write, parked);
   await app.listen({ port: 0, host: '127.0.0.1' });
   t.comment(app.printRoutes({ commonPrefix: false, includeHooks: true }));
   return { port: (app.server.address() as AddressInfo).port, parked };

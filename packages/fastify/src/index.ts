@@ -276,7 +276,9 @@ const plugin: FastifyPluginAsync<ContextDbPluginOptions> = async (fastify, optio
   fastify.addHook('onError', (request, _reply, error, next) => {
     const state = entryOf(request);
     if (state !== undefined && state !== OUTSIDE && state.error === undefined) state.error = error;
-    next();
+    // The app's onError hooks and the error handler run from here on: a hook that parked the
+    // request and failed it from another request's code left that request's context.
+    resume(request, next);
   });
 
   // For a route onRoute did not see (declared before the plugin loaded, the 404 handler), the
@@ -544,9 +546,10 @@ function aroundEach<H, R>(hooks: H | H[] | undefined, re: R): (H | R)[] {
 type Scope = Parameters<FastifyPluginAsync>[0];
 type HookName = Parameters<Scope['addHook']>[0];
 
-// The phases after onRequest (where the context opens) whose app hooks are each preceded by a
-// re-entering hook.
+// The phases whose app hooks (added after the plugin's own onRequest, which opens the context)
+// are each preceded by a re-entering hook.
 const reentering: Partial<Record<HookName, typeof reenter | typeof reenterPassing>> = {
+  onRequest: reenter,
   preParsing: reenterPassing,
   preValidation: reenter,
   preHandler: reenter,
@@ -561,13 +564,18 @@ const reentering: Partial<Record<HookName, typeof reenter | typeof reenterPassin
  * the request may run before any other hook of its phase.
  */
 function reenterBefore(fastify: Scope): void {
-  const addHook = fastify.addHook as (this: Scope, name: HookName, hook: unknown) => Scope;
-  fastify.addHook = function (this: Scope, name: HookName, hook: unknown) {
+  const addHook = fastify.addHook as ((this: Scope, name: HookName, hook: unknown) => Scope) & { [kReentering]?: true };
+  // Registered again in a child scope: the inherited addHook re-enters already.
+  if (addHook[kReentering]) return;
+  const reenteringAddHook = function (this: Scope, name: HookName, hook: unknown) {
     const re = reentering[name];
     if (re !== undefined) addHook.call(this, name, re);
     return addHook.call(this, name, hook);
-  } as Scope['addHook'];
+  };
+  fastify.addHook = Object.assign(reenteringAddHook, { [kReentering]: true }) as Scope['addHook'];
 }
+
+const kReentering = Symbol('context-db addHook');
 
 // Fastify's handlerTimeout (a server or route option) aborts request.signal with its own error,
 // then answers 503: the request's database work is past its deadline too, so the running

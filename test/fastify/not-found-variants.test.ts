@@ -1,22 +1,23 @@
-// Review of 2c86b15, the not-found handler: setNotFoundHandler's own preValidation and preHandler
-// hooks (a function and arrays), a gate among them that parks the request, a not-found handler
-// in a prefixed child scope, Fastify's default 404, reply.callNotFound() from a route, and an
+// The not-found handler and its own hooks re-enter the request's context: setNotFoundHandler's
+// own preValidation and preHandler hooks (a function and arrays), a gate among them that parks
+// the request, a not-found handler in a prefixed child scope, Fastify's default 404, reply.callNotFound() from a route, and an
 // opted-out not-found handler. Each time a request parked by a callback-style gate is resumed by
 // POST /open, which writes `/open handler` and answers 409 (rolls back): the parked request's
 // writes must commit or roll back by its own status, an opted-out one must run outside any
-// context. All held when written.
+// context.
 import type { AddressInfo } from 'node:net';
-import { dbSession, isContextInitiated } from '@context-db/core';
+import { isContextInitiated } from '@context-db/core';
 import { contextDbPlugin } from '@context-db/fastify';
 import Fastify, {
   type FastifyInstance,
   type FastifyReply,
   type FastifyRequest,
   type HookHandlerDoneFunction,
+  type RouteShorthandOptions,
 } from 'fastify';
 import t, { type Test } from 'tap';
 import { activity, checkedOut, createTable, eventually, testDb, texts } from '../fixtures/db.js';
-import { postJson } from '../fixtures/fastify.js';
+import { addOpener, postJson, writer } from '../fixtures/fastify.js';
 
 interface Setup {
   readonly app: FastifyInstance;
@@ -40,9 +41,7 @@ async function run(
   const app = Fastify();
   t.teardown(() => app.close());
   await app.register(contextDbPlugin, { db });
-  const write = async (text: string) => {
-    await (await dbSession(db)).query(`INSERT INTO ${table} (text) VALUES ($1)`, [text]);
-  };
+  const write = writer(db, table);
   const parked: (() => void)[] = [];
   const contexts: boolean[] = [];
   const setup: Setup = {
@@ -56,12 +55,7 @@ async function run(
     contexts,
   };
   await declare(setup);
-  app.post('/open', { config: { open: true } }, async (_request, reply) => {
-    await write('/open handler');
-    for (const resume of parked.splice(0)) resume();
-    await new Promise((resolve) => setTimeout(resolve, 50));
-    return reply.code(409).send({ conflict: true });
-  });
+  addOpener(app, write, parked, 409, { config: { open: true } } as RouteShorthandOptions);
   await app.listen({ port: 0, host: '127.0.0.1' });
   const port = (app.server.address() as AddressInfo).port;
   const parkedAnswer = postJson(port, url, '{}');

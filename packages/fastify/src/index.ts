@@ -236,11 +236,11 @@ const plugin: FastifyPluginAsync<ContextDbPluginOptions> = async (fastify, optio
   });
 
   // A hook that parks the request and is resumed from another request's code leaves the rest of
-  // the chain in that request's context. Re-enter the request's own at the start of each phase
-  // in a scope where the app adds hooks of that phase (see reenterBefore), around each of the
-  // route's own hooks (which run after the app's), and in the route's handler (onRoute). A phase
-  // without hooks is one Fastify skips: a re-entering hook there would make every request run it
-  // for nothing. onRoute sees only routes declared once the plugin has loaded.
+  // the chain in that request's context. Re-enter the request's own before each hook the app
+  // adds (see reenterBefore), around each of the route's own hooks (which run after the app's),
+  // and in the route's handler (onRoute). A phase without hooks is one Fastify skips: a
+  // re-entering hook there would make every request run it for nothing. onRoute sees only
+  // routes declared once the plugin has loaded.
   reenterBefore(fastify);
   // The not-found handler is no route onRoute sees, and its onSend hooks are the scope's, in
   // order: an app-level hook added after the plugin would run after an app-level decision. Its
@@ -297,23 +297,15 @@ interface NotFoundOptions {
   readonly config?: FastifyContextConfig | undefined;
 }
 
-interface PhaseHooks {
-  readonly onRequest?: unknown;
-  readonly preParsing?: unknown;
-  readonly preValidation?: unknown;
-  readonly preHandler?: unknown;
-  readonly preSerialization?: unknown;
-}
+type PhaseHooks = { readonly [P in ReenteredPhase]?: unknown };
 
 /** A route's (or the not-found handler's) own hooks of each phase, each between re-entering hooks. */
-function reenteringHooks(options: PhaseHooks): Record<keyof PhaseHooks, unknown[]> {
-  return {
-    onRequest: aroundEach(options.onRequest, reenter),
-    preParsing: aroundEach(options.preParsing, reenterPassing),
-    preValidation: aroundEach(options.preValidation, reenter),
-    preHandler: aroundEach(options.preHandler, reenter),
-    preSerialization: aroundEach(options.preSerialization, reenterPassing),
-  };
+function reenteringHooks(options: PhaseHooks): Record<ReenteredPhase, unknown[]> {
+  const hooks = Object.entries(reentering).map(([phase, re]) => [
+    phase,
+    aroundEach(options[phase as ReenteredPhase], re),
+  ]);
+  return Object.fromEntries(hooks) as Record<ReenteredPhase, unknown[]>;
 }
 
 /** `options` with the deciding hook as its last onSend (the route's own re-entering). */
@@ -546,15 +538,18 @@ function aroundEach<H, R>(hooks: H | H[] | undefined, re: R): (H | R)[] {
 type Scope = Parameters<FastifyPluginAsync>[0];
 type HookName = Parameters<Scope['addHook']>[0];
 
-// The phases whose app hooks (added after the plugin's own onRequest, which opens the context)
-// are each preceded by a re-entering hook.
-const reentering: Partial<Record<HookName, typeof reenter | typeof reenterPassing>> = {
+// The phases whose hooks (the app's, added after the plugin's own onRequest, which opens the
+// context; and a route's own) are each preceded by a re-entering hook.
+const reentering = {
   onRequest: reenter,
   preParsing: reenterPassing,
   preValidation: reenter,
   preHandler: reenter,
   preSerialization: reenterPassing,
-};
+} as const;
+type ReenteredPhase = keyof typeof reentering;
+
+const kReentering = Symbol('context-db addHook');
 
 /**
  * Makes `addHook` of this scope and its children (the plugin's instance is the prototype of its
@@ -568,14 +563,12 @@ function reenterBefore(fastify: Scope): void {
   // Registered again in a child scope: the inherited addHook re-enters already.
   if (addHook[kReentering]) return;
   const reenteringAddHook = function (this: Scope, name: HookName, hook: unknown) {
-    const re = reentering[name];
+    const re = Object.hasOwn(reentering, name) ? reentering[name as ReenteredPhase] : undefined;
     if (re !== undefined) addHook.call(this, name, re);
     return addHook.call(this, name, hook);
   };
   fastify.addHook = Object.assign(reenteringAddHook, { [kReentering]: true }) as Scope['addHook'];
 }
-
-const kReentering = Symbol('context-db addHook');
 
 // Fastify's handlerTimeout (a server or route option) aborts request.signal with its own error,
 // then answers 503: the request's database work is past its deadline too, so the running

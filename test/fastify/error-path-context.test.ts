@@ -5,13 +5,11 @@
 // fallback answer) writes in the failed request's transaction, which rolls back (any error
 // does, whatever status the error handler sends), not in the resumer's. Also checked: a hook
 // that fails after the gate resumed it normally; its error handler writes in its own transaction.
-import type { AddressInfo } from 'node:net';
 import type { DbConnect } from '@context-db/core';
-import { contextDbPlugin } from '@context-db/fastify';
-import Fastify, { type FastifyError } from 'fastify';
+import type { FastifyError } from 'fastify';
 import t, { type Test } from 'tap';
 import { activity, checkedOut, createTable, eventually, testDb, texts } from '../fixtures/db.js';
-import { addOpener, postJson, writer } from '../fixtures/fastify.js';
+import { addOpener, gatedApp, postJson } from '../fixtures/fastify.js';
 
 type Gate = 'preValidation gate' | 'onRequest gate';
 
@@ -22,11 +20,7 @@ type Gate = 'preValidation gate' | 'onRequest gate';
  * POST /open writes `/open handler`, resumes the parked request and answers 200 (commits).
  */
 async function app(t: Test, db: DbConnect, table: string, gate: Gate, errorStatus: number) {
-  const app = Fastify();
-  t.teardown(() => app.close());
-  await app.register(contextDbPlugin, { db });
-  const write = writer(db, table);
-  const parked: ((err?: Error) => void)[] = [];
+  const { app, write, parked, listen } = await gatedApp<(err?: Error) => void>(t, db, table);
   const park = (request: { query: unknown }, done: (err?: Error) => void) => {
     const query = request.query as object;
     if ('fail' in query) parked.push(() => done(Object.assign(new Error('gate refused'), { statusCode: 503 })));
@@ -47,8 +41,7 @@ async function app(t: Test, db: DbConnect, table: string, gate: Gate, errorStatu
   });
   app.post('/park', async () => ({ ok: true }));
   addOpener(app, write, parked, 200);
-  await app.listen({ port: 0, host: '127.0.0.1' });
-  return { port: (app.server.address() as AddressInfo).port, parked };
+  return { port: await listen(), parked };
 }
 
 for (const gate of ['onRequest gate', 'preValidation gate'] as const) {

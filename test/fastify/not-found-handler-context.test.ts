@@ -4,20 +4,13 @@
 // setNotFoundHandler's handler with its own session, so its writes commit or roll back by its
 // own status, not the other's. Both directions: a SPA fallback answering 200 whose write must
 // commit, and a 404 whose write must not.
-import type { AddressInfo } from 'node:net';
 import type { DbConnect } from '@context-db/core';
-import { contextDbPlugin } from '@context-db/fastify';
-import Fastify from 'fastify';
 import t, { type Test } from 'tap';
 import { activity, checkedOut, createTable, eventually, testDb, texts } from '../fixtures/db.js';
-import { addOpener, postJson, writer } from '../fixtures/fastify.js';
+import { addOpener, gatedApp, postJson } from '../fixtures/fastify.js';
 
 async function app(t: Test, db: DbConnect, table: string, notFoundStatus: number, openStatus: number) {
-  const app = Fastify();
-  t.teardown(() => app.close());
-  await app.register(contextDbPlugin, { db });
-  const write = writer(db, table);
-  const parked: (() => void)[] = [];
+  const { app, write, parked, listen } = await gatedApp(t, db, table);
   app.addHook('onRequest', (request, _reply, done) => {
     if (request.url === '/missing') parked.push(done);
     else done();
@@ -27,8 +20,7 @@ async function app(t: Test, db: DbConnect, table: string, notFoundStatus: number
     return reply.code(notFoundStatus).send({ fallback: true });
   });
   addOpener(app, write, parked, openStatus);
-  await app.listen({ port: 0, host: '127.0.0.1' });
-  return { port: (app.server.address() as AddressInfo).port, parked };
+  return { port: await listen(), parked };
 }
 
 for (const [notFoundStatus, openStatus, expected] of [

@@ -5,19 +5,17 @@
 // POST /open, which writes `/open handler` and answers 409 (rolls back): the parked request's
 // writes must commit or roll back by its own status, an opted-out one must run outside any
 // context.
-import type { AddressInfo } from 'node:net';
 import { isContextInitiated } from '@context-db/core';
-import { contextDbPlugin } from '@context-db/fastify';
-import Fastify, {
-  type FastifyInstance,
-  type FastifyReply,
-  type FastifyRequest,
-  type HookHandlerDoneFunction,
-  type RouteShorthandOptions,
+import type {
+  FastifyInstance,
+  FastifyReply,
+  FastifyRequest,
+  HookHandlerDoneFunction,
+  RouteShorthandOptions,
 } from 'fastify';
 import t, { type Test } from 'tap';
 import { activity, checkedOut, createTable, eventually, testDb, texts } from '../fixtures/db.js';
-import { addOpener, postJson, writer } from '../fixtures/fastify.js';
+import { addOpener, gatedApp, postJson } from '../fixtures/fastify.js';
 
 interface Setup {
   readonly app: FastifyInstance;
@@ -38,11 +36,7 @@ async function run(
 ) {
   const { db, appName } = testDb(t);
   const table = await createTable(t);
-  const app = Fastify();
-  t.teardown(() => app.close());
-  await app.register(contextDbPlugin, { db });
-  const write = writer(db, table);
-  const parked: (() => void)[] = [];
+  const { app, write, parked, listen } = await gatedApp(t, db, table);
   const contexts: boolean[] = [];
   const setup: Setup = {
     app,
@@ -56,8 +50,7 @@ async function run(
   };
   await declare(setup);
   addOpener(app, write, parked, 409, { config: { open: true } } as RouteShorthandOptions);
-  await app.listen({ port: 0, host: '127.0.0.1' });
-  const port = (app.server.address() as AddressInfo).port;
+  const port = await listen();
   const parkedAnswer = postJson(port, url, '{}');
   t.ok(await eventually(() => parked.length === 1), 'a request is parked');
   t.equal(await postJson(port, '/open', '{}'), 409, 'the request that resumed it rolls back');

@@ -4,20 +4,13 @@
 // resumed from another request's code, in that request's context, with its session (its write
 // committing or rolling back with the other request), and, for an opted-out route, in a context
 // where it had none. An auth hook using the database after a rate limiter is the usual shape.
-import type { AddressInfo } from 'node:net';
 import { type DbConnect, isContextInitiated } from '@context-db/core';
-import { contextDbPlugin } from '@context-db/fastify';
-import Fastify from 'fastify';
 import t, { type Test } from 'tap';
 import { activity, checkedOut, createTable, eventually, testDb, texts } from '../fixtures/db.js';
-import { addOpener, postJson, writer } from '../fixtures/fastify.js';
+import { addOpener, gatedApp, postJson } from '../fixtures/fastify.js';
 
 async function app(t: Test, db: DbConnect, table: string) {
-  const app = Fastify();
-  t.teardown(() => app.close());
-  await app.register(contextDbPlugin, { db });
-  const write = writer(db, table);
-  const parked: (() => void)[] = [];
+  const { app, write, parked, listen } = await gatedApp(t, db, table);
   const seenContext: Record<string, boolean> = {};
   // The gate: a callback-style onRequest hook that parks ?park requests.
   app.addHook('onRequest', (request, _reply, done) => {
@@ -36,9 +29,9 @@ async function app(t: Test, db: DbConnect, table: string) {
   });
   app.post('/out', { config: { contextDb: false } }, async () => ({ ok: true }));
   addOpener(app, write, parked);
-  await app.listen({ port: 0, host: '127.0.0.1' });
+  const port = await listen();
   t.comment(app.printRoutes({ commonPrefix: false, includeHooks: true }));
-  return { port: (app.server.address() as AddressInfo).port, parked, seenContext };
+  return { port, parked, seenContext };
 }
 
 t.test("an app onRequest hook after a parked onRequest gate runs in its request's context", async (t) => {

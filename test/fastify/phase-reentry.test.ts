@@ -1,18 +1,17 @@
-// The plugin re-enters the request's context at the start of preParsing, preValidation,
-// preHandler and preSerialization only in a scope where the app adds hooks of that phase (a
-// phase without hooks is one Fastify skips), and in each route's handler. What is checked: an
-// app hook of each phase, added after the plugin in the root scope or in a child scope, finds
-// the request's own session when the request was parked before it (in an app onRequest hook, or
-// a reply sent from a parked callback) and resumed by another request's code; so does a handler
-// after a hook the plugin never saw (added before it); and the phases the app leaves empty stay
-// without hooks.
+// The plugin puts a re-entering hook right before each app hook of onRequest, preParsing,
+// preValidation, preHandler and preSerialization (a phase without hooks, which Fastify skips,
+// gets none), and re-enters in each route's handler. What is checked: an app hook of each phase,
+// added after the plugin in the root scope or in a child scope, finds the request's own session
+// when the request was parked before it (in an app onRequest hook, or a reply sent from a parked
+// callback) and resumed by another request's code; so does a handler after a hook the plugin
+// never saw (added before it); and the phases the app leaves empty stay without hooks.
 import type { AddressInfo } from 'node:net';
 import type { DbConnect } from '@context-db/core';
 import { contextDbPlugin } from '@context-db/fastify';
 import Fastify, { type FastifyInstance } from 'fastify';
 import t, { type Test } from 'tap';
 import { activity, checkedOut, createTable, eventually, testDb, texts } from '../fixtures/db.js';
-import { addOpener, postJson, writer } from '../fixtures/fastify.js';
+import { addOpener, gatedApp, postJson, writer } from '../fixtures/fastify.js';
 
 type Phase = 'preParsing' | 'preValidation' | 'preHandler' | 'preSerialization';
 const phases: readonly Phase[] = ['preParsing', 'preValidation', 'preHandler', 'preSerialization'];
@@ -23,11 +22,7 @@ const phases: readonly Phase[] = ['preParsing', 'preValidation', 'preHandler', '
  * onRequest hook, or (preSerialization) its handler sends the reply from a parked callback.
  */
 async function hookedApp(t: Test, db: DbConnect, table: string, phase: Phase, where: 'root' | 'child') {
-  const app = Fastify();
-  t.teardown(() => app.close());
-  await app.register(contextDbPlugin, { db });
-  const write = writer(db, table);
-  const parked: (() => void)[] = [];
+  const { app, write, parked, listen } = await gatedApp(t, db, table);
   const routes = async (scope: FastifyInstance) => {
     scope.addHook('onRequest', (request, _reply, done) => {
       if (request.url === '/park' && phase !== 'preSerialization') parked.push(done);
@@ -60,8 +55,7 @@ async function hookedApp(t: Test, db: DbConnect, table: string, phase: Phase, wh
   if (where === 'root') await routes(app);
   else await app.register(routes);
   addOpener(app, write, parked);
-  await app.listen({ port: 0, host: '127.0.0.1' });
-  return { app, port: (app.server.address() as AddressInfo).port, parked };
+  return { app, port: await listen(), parked };
 }
 
 for (const phase of phases) {

@@ -6,14 +6,12 @@
 // ran before any re-entering hook, and a request parked earlier (an app onRequest gate) and
 // resumed by another request's code ran them in the other request's transaction. Each app is
 // printed with its hooks (t.comment) to show the order Fastify ended up with.
-import type { AddressInfo } from 'node:net';
 import type { DbConnect } from '@context-db/core';
-import { contextDbPlugin } from '@context-db/fastify';
-import Fastify, { type FastifyInstance } from 'fastify';
+import type { FastifyInstance } from 'fastify';
 import fp from 'fastify-plugin';
 import t, { type Test } from 'tap';
 import { activity, admin, checkedOut, createTable, eventually, testDb, texts } from '../fixtures/db.js';
-import { addOpener, postJson, writer } from '../fixtures/fastify.js';
+import { addOpener, gatedApp, postJson } from '../fixtures/fastify.js';
 
 type Phase = 'preValidation' | 'preHandler';
 type How = 'fastify-plugin plugin' | 'child scope';
@@ -24,11 +22,7 @@ type How = 'fastify-plugin plugin' | 'child scope';
  * `/open handler`, resumes it and answers 409 (rolls back).
  */
 async function app(t: Test, db: DbConnect, table: string, phase: Phase, how: How) {
-  const app = Fastify();
-  t.teardown(() => app.close());
-  await app.register(contextDbPlugin, { db });
-  const write = writer(db, table);
-  const parked: (() => void)[] = [];
+  const { app, write, parked, listen } = await gatedApp(t, db, table);
   app.addHook('onRequest', (request, _reply, done) => {
     if ('park' in (request.query as object)) parked.push(done);
     else done();
@@ -59,9 +53,9 @@ async function app(t: Test, db: DbConnect, table: string, phase: Phase, how: How
     return { ok: true };
   });
   addOpener(app, write, parked);
-  await app.listen({ port: 0, host: '127.0.0.1' });
+  const port = await listen();
   t.comment(app.printRoutes({ commonPrefix: false, includeHooks: true }));
-  return { port: (app.server.address() as AddressInfo).port, parked };
+  return { port, parked };
 }
 
 for (const phase of ['preValidation', 'preHandler'] as const) {

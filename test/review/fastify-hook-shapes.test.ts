@@ -11,14 +11,12 @@
 // behind (added first), and registering the plugin again in a child scope wraps the inherited
 // addHook once more, so each hook of the child gets three re-entering hooks.
 // Todo (REVIEW_RUN_TODO=1 runs the failing assertions).
-import type { AddressInfo } from 'node:net';
 import { PassThrough, type Readable } from 'node:stream';
-import { dbSession } from '@context-db/core';
 import { contextDbPlugin } from '@context-db/fastify';
 import Fastify, { type FastifyInstance } from 'fastify';
 import t, { type Test } from 'tap';
 import { activity, checkedOut, createTable, eventually, testDb, texts } from '../fixtures/db.js';
-import { addOpener, postJson } from '../fixtures/fastify.js';
+import { addOpener, gatedApp, postJson } from '../fixtures/fastify.js';
 
 const runTodo = process.env.REVIEW_RUN_TODO === '1';
 
@@ -38,21 +36,14 @@ async function parkedRun(
 ): Promise<string> {
   const { db, appName } = testDb(t);
   const table = await createTable(t);
-  const app = Fastify();
-  t.teardown(() => app.close());
-  await app.register(contextDbPlugin, { db });
-  const write: Write = async (text) => {
-    await (await dbSession(db)).query(`INSERT INTO ${table} (text) VALUES ($1)`, [text]);
-  };
-  const parked: (() => void)[] = [];
+  const { app, write, parked, listen } = await gatedApp(t, db, table);
   app.addHook('onRequest', (request, _reply, done) => {
     if ('park' in (request.query as object)) parked.push(done);
     else done();
   });
   app.register(async (child) => declare(child, write));
   addOpener(app, write, parked);
-  await app.listen({ port: 0, host: '127.0.0.1' });
-  const port = (app.server.address() as AddressInfo).port;
+  const port = await listen();
   let answer = '';
   const parkedAnswer = fetch(`http://127.0.0.1:${port}${path}?park`, {
     method: 'POST',

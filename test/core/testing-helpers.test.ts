@@ -35,7 +35,9 @@ function loggingDb(t: Test): { db: DbConnect; sent: string[]; appName: string } 
       pool.on('connect', (client) => {
         const query = client.query;
         client.query = function (this: pg.PoolClient, ...args: unknown[]) {
-          if (typeof args[0] === 'string') sent.push(args[0]);
+          // Control statements travel as query objects: their text is what was sent.
+          const text = typeof args[0] === 'string' ? args[0] : (args[0] as { text?: unknown } | undefined)?.text;
+          if (typeof text === 'string') sent.push(text);
           return Reflect.apply(query, this, args);
         } as typeof client.query;
       });

@@ -92,6 +92,73 @@ function corked<T>(client: PoolClient, write: () => T): T {
   }
 }
 
+/**
+ * Send a transaction-control statement (BEGIN, COMMIT, ROLLBACK, savepoints, the reset) and get
+ * its first command tag ("COMMIT", or "ROLLBACK" for a COMMIT of an aborted transaction). It
+ * goes as node-postgres's custom query (the `submit` protocol of pg-cursor), which builds no
+ * result objects: the reset's seven statements would otherwise make seven that nobody reads, and
+ * under load those were most of what a request's session left for the garbage collector to
+ * promote. A client in pipeline mode refuses custom queries: it gets a plain one.
+ */
+async function control(client: PoolClient, text: string): Promise<string | undefined> {
+  if ((client as { pipeline?: unknown }).pipeline === true) {
+    const result = (await client.query(text)) as QueryResult | QueryResult[];
+    return (Array.isArray(result) ? result[0] : result)?.command;
+  }
+  const statement = new ControlStatement(text);
+  client.query(statement as unknown as QueryConfig);
+  return statement.done;
+}
+
+class ControlStatement {
+  // node-postgres calls back through this property and may wrap it (query_timeout).
+  callback: (err: Error | undefined, tag: string | undefined) => void;
+  readonly done: Promise<string | undefined>;
+  #tag: string | undefined;
+  #finished = false;
+
+  constructor(readonly text: string) {
+    let settle: (err: Error | undefined, tag: string | undefined) => void = () => undefined;
+    this.done = new Promise((resolve, reject) => {
+      settle = (err, tag) => (err === undefined ? resolve(tag) : reject(err));
+    });
+    this.callback = settle;
+  }
+
+  submit(connection: { query(text: string): void }): void {
+    connection.query(this.text);
+  }
+
+  handleCommandComplete(msg: { text: string }): void {
+    this.#tag ??= msg.text;
+  }
+
+  // node-postgres forgets the query at its error: the ReadyForQuery that follows is not ours.
+  handleError(err: Error): void {
+    this.#finish(err);
+  }
+
+  handleReadyForQuery(): void {
+    this.#finish(undefined);
+  }
+
+  handleCopyInResponse(connection: { sendCopyFail(message: string): void }): void {
+    connection.sendCopyFail('context-db: COPY is not a transaction-control statement');
+  }
+
+  handleRowDescription(): void {}
+  handleDataRow(): void {}
+  handleEmptyQuery(): void {}
+  handlePortalSuspended(): void {}
+  handleCopyData(): void {}
+
+  #finish(err: Error | undefined): void {
+    if (this.#finished) return;
+    this.#finished = true;
+    this.callback(err, this.#tag);
+  }
+}
+
 function newLevel(savepoint: string | undefined, token: object | undefined): Level {
   return { savepoint, token, onCommit: [], onRollback: [] };
 }
@@ -540,7 +607,7 @@ export class DbSession implements AsyncDisposable {
       // a statement of the consumer's aborted (25P02) leaves the outcome to the COMMIT.
       if (!failed && !this.#broken) {
         try {
-          await client.query(`CLOSE ${name}`);
+          await control(client, `CLOSE ${name}`);
         } catch (err) {
           if (connectionLost(err)) this.#broken = true;
         }
@@ -984,7 +1051,7 @@ export class DbSession implements AsyncDisposable {
     const name = `context_db_nested_${++savepointCounter}`;
     return this.#enqueue(async () => {
       const client = await this.#begun();
-      await client.query(`SAVEPOINT ${name}`);
+      await control(client, `SAVEPOINT ${name}`);
       this.#openLevels().push(newLevel(name, token));
       return name;
     });
@@ -1020,7 +1087,7 @@ export class DbSession implements AsyncDisposable {
     const parent = levels[at - 1] as Level;
     if (release) {
       try {
-        await client.query(`RELEASE SAVEPOINT ${name}`);
+        await control(client, `RELEASE SAVEPOINT ${name}`);
         this.#mergeInto(parent, ended);
         return;
       } catch (err) {
@@ -1133,7 +1200,7 @@ export class DbSession implements AsyncDisposable {
       const client = this.#client;
       if (client === undefined || !this.#inTransaction || this.#closed) return;
       try {
-        await client.query(this.#driver.checkSql);
+        await control(client, this.#driver.checkSql);
       } catch (err) {
         throw new CommitFailedError({ cause: err });
       }
@@ -1252,7 +1319,7 @@ export class DbSession implements AsyncDisposable {
     const client = await this.#connected();
     if (!this.#inTransaction) {
       const options = this.#beginning();
-      await client.query(this.#driver.beginSql(options));
+      await control(client, this.#driver.beginSql(options));
       this.#begunWith(options);
     }
     return client;
@@ -1375,11 +1442,9 @@ export class DbSession implements AsyncDisposable {
           'sent after it; the connection was closed, which rolled the transaction back. Close cursors before the end.',
       });
     }
-    let result: QueryResult | QueryResult[];
+    let tag: string | undefined;
     try {
-      result = (await client.query(this.#withReset(this.#driver.commitSql(options), final))) as
-        | QueryResult
-        | QueryResult[];
+      tag = await control(client, this.#withReset(this.#driver.commitSql(options), final));
     } catch (err) {
       if (connectionLost(err)) {
         this.#broken = true;
@@ -1393,8 +1458,7 @@ export class DbSession implements AsyncDisposable {
     }
     if (final) this.#dirty = false;
     // PostgreSQL answers COMMIT of an aborted transaction with ROLLBACK and no error.
-    const first = Array.isArray(result) ? result[0] : result;
-    const committed = first?.command !== 'ROLLBACK';
+    const committed = tag !== 'ROLLBACK';
     this.#transactionEnded(committed);
     if (!committed) {
       throw new CommitFailedError({
@@ -1441,7 +1505,7 @@ export class DbSession implements AsyncDisposable {
   /** Send a cleanup statement; a failure means the connection cannot be trusted again. */
   async #send(client: PoolClient, sql: string, resets: boolean): Promise<void> {
     try {
-      await client.query(sql);
+      await control(client, sql);
       if (resets) this.#dirty = false;
     } catch {
       this.#broken = true;

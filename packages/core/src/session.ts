@@ -93,34 +93,80 @@ function corked<T>(client: PoolClient, write: () => T): T {
 }
 
 /**
- * Send a transaction-control statement (BEGIN, COMMIT, ROLLBACK, savepoints, the reset) and get
- * its first command tag ("COMMIT", or "ROLLBACK" for a COMMIT of an aborted transaction). It
- * goes as node-postgres's custom query (the `submit` protocol of pg-cursor), which builds no
- * result objects: the reset's seven statements would otherwise make seven that nobody reads, and
- * under load those were most of what a request's session left for the garbage collector to
- * promote. A client in pipeline mode refuses custom queries: it gets a plain one.
+ * Send a transaction-control statement (BEGIN, COMMIT, ROLLBACK, savepoints) and get its first
+ * command tag ("COMMIT", or "ROLLBACK" for a COMMIT of an aborted transaction). It goes as
+ * node-postgres's custom query (the `submit` protocol of pg-cursor), which builds no result
+ * objects: with the reset's seven statements, those result objects were most of what a request's
+ * session left for the garbage collector to promote under load.
  */
 async function control(client: PoolClient, text: string): Promise<string | undefined> {
-  if ((client as { pipeline?: unknown }).pipeline === true) {
-    const result = (await client.query(text)) as QueryResult | QueryResult[];
-    return (Array.isArray(result) ? result[0] : result)?.command;
-  }
+  if (plainOnly(client)) return firstTag(await client.query(text));
   const statement = new ControlStatement(text);
   client.query(statement as unknown as QueryConfig);
-  return statement.done;
+  await statement.done;
+  return statement.tag;
+}
+
+/**
+ * End a transaction with `end` (one statement: COMMIT or ROLLBACK) and clear the connection with
+ * `reset`, in one flight. Once `end` is answered the transaction's outcome is known, whatever
+ * happens to the reset after it: a reset that fails (a lock, a timeout, a cancel) leaves the
+ * connection's state unknown, not the transaction's, and is returned rather than thrown.
+ */
+async function endWithReset(
+  client: PoolClient,
+  end: string,
+  reset: string,
+): Promise<{ readonly tag: string | undefined; readonly resetFailed: boolean }> {
+  if (plainOnly(client)) {
+    // Two queries, so that each has its own answer: one flight in pipeline mode.
+    const [ended, cleared] = corked(client, () => [client.query(end), client.query(reset)]);
+    const resetFailed = cleared.then(
+      () => false,
+      () => true,
+    );
+    try {
+      return { tag: firstTag(await ended), resetFailed: await resetFailed };
+    } catch (err) {
+      await resetFailed;
+      throw err;
+    }
+  }
+  const statement = new ControlStatement(`${end}; ${reset}`);
+  client.query(statement as unknown as QueryConfig);
+  try {
+    await statement.done;
+    return { tag: statement.tag, resetFailed: false };
+  } catch (err) {
+    if (statement.tag === undefined) throw err;
+    return { tag: statement.tag, resetFailed: true };
+  }
+}
+
+// pg's pipeline mode refuses custom queries, its native client runs them differently, and a
+// leased client (the testing helpers' savepoint sessions run on one) reports why its session was
+// cut off only through the promises it returns.
+function plainOnly(client: PoolClient): boolean {
+  const shape = client as { pipeline?: unknown; connection?: unknown; [LEASED]?: true };
+  return shape.pipeline === true || shape.connection === undefined || shape[LEASED] === true;
+}
+
+function firstTag(result: QueryResult | QueryResult[]): string | undefined {
+  return (Array.isArray(result) ? result[0] : result)?.command;
 }
 
 class ControlStatement {
   // node-postgres calls back through this property and may wrap it (query_timeout).
-  callback: (err: Error | undefined, tag: string | undefined) => void;
-  readonly done: Promise<string | undefined>;
-  #tag: string | undefined;
+  callback: (err: Error | undefined) => void;
+  readonly done: Promise<void>;
+  /** The first statement's command tag, once it is answered. */
+  tag: string | undefined;
   #finished = false;
 
   constructor(readonly text: string) {
-    let settle: (err: Error | undefined, tag: string | undefined) => void = () => undefined;
+    let settle: (err: Error | undefined) => void = () => undefined;
     this.done = new Promise((resolve, reject) => {
-      settle = (err, tag) => (err === undefined ? resolve(tag) : reject(err));
+      settle = (err) => (err === undefined ? resolve() : reject(err));
     });
     this.callback = settle;
   }
@@ -130,7 +176,7 @@ class ControlStatement {
   }
 
   handleCommandComplete(msg: { text: string }): void {
-    this.#tag ??= msg.text;
+    this.tag ??= msg.text;
   }
 
   // node-postgres forgets the query at its error: the ReadyForQuery that follows is not ours.
@@ -155,7 +201,7 @@ class ControlStatement {
   #finish(err: Error | undefined): void {
     if (this.#finished) return;
     this.#finished = true;
-    this.callback(err, this.#tag);
+    this.callback(err);
   }
 }
 
@@ -291,6 +337,8 @@ interface Leased {
   revoke(): void;
 }
 
+const LEASED: unique symbol = Symbol('context-db.leased');
+
 /**
  * The session's client as handed to callers of `client()`: the same `pg` client, but its `query`
  * fails with `SessionClosedError` whenever the session's own work would (and after the session
@@ -338,6 +386,7 @@ function leasedClient(client: PoolClient, lease: Lease, translate: (err: unknown
     return proxy;
   };
   const own: Record<string | symbol, unknown> = {
+    [LEASED]: true,
     query,
     // The session owns the connection: a release() from a query builder must not return it early.
     release: () => {},
@@ -1442,9 +1491,13 @@ export class DbSession implements AsyncDisposable {
           'sent after it; the connection was closed, which rolled the transaction back. Close cursors before the end.',
       });
     }
+    const commit = this.#driver.commitSql(options);
+    const reset = this.#driver.resetSql;
     let tag: string | undefined;
+    let resetFailed = false;
     try {
-      tag = await control(client, this.#withReset(this.#driver.commitSql(options), final));
+      if (final && reset !== '') ({ tag, resetFailed } = await endWithReset(client, commit, reset));
+      else tag = await control(client, commit);
     } catch (err) {
       if (connectionLost(err)) {
         this.#broken = true;
@@ -1456,7 +1509,9 @@ export class DbSession implements AsyncDisposable {
       this.#transactionEnded(false);
       throw new CommitFailedError({ cause: err });
     }
-    if (final) this.#dirty = false;
+    // Ended, but the connection keeps what the reset did not clear: it is closed, not reused.
+    if (resetFailed) this.#broken = true;
+    else if (final) this.#dirty = false;
     // PostgreSQL answers COMMIT of an aborted transaction with ROLLBACK and no error.
     const committed = tag !== 'ROLLBACK';
     this.#transactionEnded(committed);

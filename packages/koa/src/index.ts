@@ -348,59 +348,101 @@ type Method = (...args: unknown[]) => unknown;
  * a failed COMMIT becomes Koa's own 500 instead.
  */
 function holdResponse<StateT, ContextT>(ctx: ParameterizedContext<StateT, ContextT>, request: KoaRequest): void {
-  const { rc } = request;
   const { res } = ctx;
-  const original = { writeHead: res.writeHead, write: res.write, end: res.end, flushHeaders: res.flushHeaders };
+  (res as HeldResponse)[kHold] = new ResponseHold(ctx, request);
+  res.writeHead = heldWriteHead as unknown as ServerResponse['writeHead'];
+  res.write = heldWrite as unknown as ServerResponse['write'];
+  res.end = heldEnd as unknown as ServerResponse['end'];
+  res.flushHeaders = heldFlushHeaders as unknown as ServerResponse['flushHeaders'];
+}
+
+type HoldCtx = Pick<ParameterizedContext, 'req' | 'res' | 'onerror' | 'headerSent'>;
+
+/** A held response's state; the methods installed on the response are shared by all (below). */
+class ResponseHold {
+  readonly original: { readonly [M in 'writeHead' | 'write' | 'end' | 'flushHeaders']: Method };
   // 'holding': nothing written yet; 'deciding': RequestCtx.end() runs and calls are queued;
   // 'through': the outcome stands; 'replaced': a 500 was sent instead, the app's calls dropped.
-  let phase: 'holding' | 'deciding' | 'through' | 'replaced' = 'holding';
-  const queue: Array<{ method: Method; args: unknown[] }> = [];
-  const hold = (method: Method, args: unknown[]): boolean => {
-    if (phase === 'through') return method.apply(res, args) !== false;
-    if (phase === 'replaced') return true;
-    if (phase === 'holding') {
+  phase: 'holding' | 'deciding' | 'through' | 'replaced' = 'holding';
+  #queue: Array<{ method: Method; args: unknown[] }> = [];
+
+  constructor(
+    readonly ctx: HoldCtx,
+    readonly request: KoaRequest,
+  ) {
+    const { res } = ctx;
+    this.original = {
+      writeHead: res.writeHead as Method,
+      write: res.write as Method,
+      end: res.end as Method,
+      flushHeaders: res.flushHeaders as Method,
+    };
+  }
+
+  hold(method: Method, args: unknown[]): boolean {
+    const { res } = this.ctx;
+    if (this.phase === 'through') return method.apply(res, args) !== false;
+    if (this.phase === 'replaced') return true;
+    if (this.phase === 'holding') {
       // Node would refuse the status line in this call; it must fail here, before any COMMIT,
       // so that Koa's error path answers 500 and this hold sees it.
-      if (!res.headersSent && ctx.req.httpVersionMajor < 2 && res.statusMessage) {
+      if (!res.headersSent && this.ctx.req.httpVersionMajor < 2 && res.statusMessage) {
         validateHeaderValue('statusMessage', res.statusMessage);
       }
-      phase = 'deciding';
+      this.phase = 'deciding';
       // A replayed call Node refuses after the commit can only be reported, as Koa would.
-      decide().catch((error: unknown) => ctx.onerror(asServerError(error)));
+      this.#decide().catch((error: unknown) => this.ctx.onerror(asServerError(error)));
     }
-    queue.push({ method, args });
+    this.#queue.push({ method, args });
     // Buffered here until the decision; a body Koa sends is already whole in memory.
     return true;
-  };
-  const decide = async (): Promise<void> => {
-    const failure = await rc.end(res.statusCode);
-    request.unwatch();
+  }
+
+  async #decide(): Promise<void> {
+    const { ctx } = this;
+    const failure = await this.request.rc.end(ctx.res.statusCode);
+    this.request.unwatch();
+    const queue = this.#queue;
+    this.#queue = [];
+    this.phase = 'through';
     if (failure === undefined) {
-      phase = 'through';
-      for (const { method, args } of queue.splice(0)) method.apply(res, args);
+      for (const { method, args } of queue) method.apply(ctx.res, args);
       return;
     }
-    queue.length = 0;
-    phase = 'through';
     // Koa's own error answer: app.emit('error'), the handler's headers dropped, a bare 500; with
     // a head the app fixed already it can only report, so the response is cut.
     ctx.onerror(asServerError(failure));
-    phase = 'replaced';
+    this.phase = 'replaced';
     cutIfHeadSent(ctx);
-  };
-  res.writeHead = ((...args: unknown[]) => {
-    // Stores the head without sending a byte (and throws on a bad status line, before a COMMIT).
-    if (phase === 'replaced') return res;
-    return original.writeHead.apply(res, args as Parameters<typeof res.writeHead>);
-  }) as typeof res.writeHead;
-  res.write = ((...args: unknown[]) => hold(original.write as Method, args)) as typeof res.write;
-  res.end = ((...args: unknown[]) => {
-    hold(original.end as Method, args);
-    return res;
-  }) as typeof res.end;
-  res.flushHeaders = (...args: unknown[]) => {
-    hold(original.flushHeaders as Method, args);
-  };
+  }
+}
+
+const kHold = Symbol('context-db response hold');
+type HeldResponse = ServerResponse & { [kHold]: ResponseHold };
+
+// The held response's methods, the same functions for every request: each finds its request's
+// hold on the response it is called on.
+function heldWriteHead(this: HeldResponse, ...args: unknown[]): ServerResponse {
+  const hold = this[kHold];
+  // Stores the head without sending a byte (and throws on a bad status line, before a COMMIT).
+  if (hold.phase === 'replaced') return this;
+  return hold.original.writeHead.apply(this, args) as ServerResponse;
+}
+
+function heldWrite(this: HeldResponse, ...args: unknown[]): boolean {
+  const hold = this[kHold];
+  return hold.hold(hold.original.write, args);
+}
+
+function heldEnd(this: HeldResponse, ...args: unknown[]): ServerResponse {
+  const hold = this[kHold];
+  hold.hold(hold.original.end, args);
+  return this;
+}
+
+function heldFlushHeaders(this: HeldResponse, ...args: unknown[]): void {
+  const hold = this[kHold];
+  hold.hold(hold.original.flushHeaders, args);
 }
 
 // Reading a wrapped stream's first chunk consumes the original (a web stream, a minipass), so
@@ -474,7 +516,7 @@ function optOut(ctx: object, next: () => Promise<unknown>): Promise<unknown> {
 // Koa's error path cannot change a status the handler already wrote (ctx.res.writeHead), and
 // leaves such a response open, so the client would wait for a body that never comes: cut it, so
 // that rolled-back work never completes as the 2xx in its head.
-function cutIfHeadSent<StateT, ContextT>(ctx: ParameterizedContext<StateT, ContextT>): void {
+function cutIfHeadSent(ctx: { readonly headerSent: boolean; readonly res: ServerResponse }): void {
   if (ctx.headerSent && !ctx.res.writableEnded) ctx.res.destroy();
 }
 

@@ -378,11 +378,11 @@ function decide(state: RequestState, reply: FastifyReply, sent: unknown, done: O
       payload = stream;
       held = stream;
     }
-    validateHeaders(reply.getHeaders());
   } catch (err) {
     refused = err;
   }
   const head: Head = { statusCode: reply.statusCode, headers: reply.getHeaders() };
+  refused ??= refusedHeader(head.headers);
   const errorBefore = state.error;
   const outcome = (early?: unknown): void => {
     state.held = undefined;
@@ -467,12 +467,20 @@ function restoreHead(reply: FastifyReply, head: Head): void {
 
 // Node checks header names and values only when it writes the head, which is after the COMMIT:
 // check them before, so that a header it would refuse rolls back like any error before the
-// first byte.
-function validateHeaders(headers: Headers): void {
-  for (const [name, value] of Object.entries(headers)) {
-    validateHeaderName(name);
-    if (value !== undefined) for (const item of [value].flat()) validateHeaderValue(name, String(item));
+// first byte. Returns Node's error for the first one it refuses. (Once per deciding request:
+// no array or entry list is made for it.)
+function refusedHeader(headers: Headers): unknown {
+  try {
+    for (const name in headers) {
+      validateHeaderName(name);
+      const value = headers[name];
+      if (Array.isArray(value)) for (const item of value) validateHeaderValue(name, String(item));
+      else if (value !== undefined) validateHeaderValue(name, String(value));
+    }
+  } catch (err) {
+    return err;
   }
+  return undefined;
 }
 
 // Once the head is on the wire its status is the outcome, whatever statusCode says later. Only

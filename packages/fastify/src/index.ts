@@ -467,15 +467,16 @@ function restoreHead(reply: FastifyReply, head: Head): void {
 
 // Node checks header names and values only when it writes the head, which is after the COMMIT:
 // check them before, so that a header it would refuse rolls back like any error before the
-// first byte. Returns Node's error for the first one it refuses. (Once per deciding request:
-// no array or entry list is made for it.)
+// first byte. Returns Node's error for the first one it refuses. Each value goes to Node's
+// check as it is, as writeHead gives it: an undefined item of an array, or a Symbol, is refused
+// there, not after converting it to a string. (No array or entry list is made for it.)
 function refusedHeader(headers: Headers): unknown {
   try {
     for (const name in headers) {
       validateHeaderName(name);
-      const value = headers[name];
-      if (Array.isArray(value)) for (const item of value) validateHeaderValue(name, String(item));
-      else if (value !== undefined) validateHeaderValue(name, String(value));
+      const value: unknown = headers[name];
+      if (Array.isArray(value)) for (const item of value) validateHeaderValue(name, item);
+      else if (value !== undefined) validateHeaderValue(name, value as string); // typed string, checks any
     }
   } catch (err) {
     return err;

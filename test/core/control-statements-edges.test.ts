@@ -8,14 +8,7 @@
 // client's query past pg's query_timeout.
 import { atomicDbSession, DbSessionCtx, dbSession } from '@context-db/core';
 import t from 'tap';
-import { activity, admin, checkedOut, createTable, eventually, testDb, texts } from '../fixtures/db.js';
-
-async function outcome(p: Promise<unknown>): Promise<string> {
-  return p.then(
-    () => 'ok',
-    (err: unknown) => String((err as { code?: unknown } | null)?.code ?? (err as Error)?.message),
-  );
-}
+import { activity, admin, checkedOut, createTable, eventually, outcome, testDb, texts } from '../fixtures/db.js';
 
 for (const pipeline of [false, true]) {
   t.test(

@@ -5,15 +5,18 @@ import { DbSessionCtx, dbSession } from '@context-db/core';
 import { contextDb } from '@context-db/koa';
 import Koa from 'koa';
 import t from 'tap';
-import { activity, admin, checkedOut, createTable, eventually, testDb, texts } from '../fixtures/db.js';
+import {
+  activity,
+  admin,
+  checkedOut,
+  createTable,
+  eventually,
+  nextRequestRow,
+  outcome,
+  testDb,
+  texts,
+} from '../fixtures/db.js';
 import { collectErrors, createDeferredTable, request, serve } from '../fixtures/koa.js';
-
-async function outcome(p: Promise<unknown>): Promise<string> {
-  return p.then(
-    () => 'ok',
-    (err: unknown) => String((err as { code?: unknown } | null)?.code ?? (err as Error)?.message),
-  );
-}
 
 // ---------------------------------------------------------------------------------------------
 // 71d4590: endWithReset
@@ -38,24 +41,16 @@ for (const pipeline of [false, true]) {
       const result = await outcome(ctx.finish({ statusCode: 200 }));
       t.equal(result, 'COMMIT_FAILED', 'PostgreSQL rolled back: reported failed');
       t.same(await texts(table), []);
-      const second = new DbSessionCtx();
-      let state: unknown;
-      await second.run(async () => {
-        const session = await dbSession(db);
-        state = (
-          await session.query(
-            "SELECT current_setting('review.x', true) AS x, " +
-              "(SELECT count(*)::int FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()) AS locks, " +
-              "(SELECT count(*)::int FROM pg_class WHERE relname = 'review_leak' AND relpersistence = 't') AS temps",
-          )
-        ).rows[0];
-      });
-      await second.finish({ statusCode: 200 });
+      const state = await nextRequestRow(
+        db,
+        "SELECT current_setting('review.x', true) AS x, " +
+          "(SELECT count(*)::int FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()) AS locks, " +
+          "(SELECT count(*)::int FROM pg_class WHERE relname = 'review_leak' AND relpersistence = 't') AS temps",
+      );
       t.ok(
-        state === undefined ||
-          (((state as { x: string | null }).x ?? '') === '' &&
-            (state as { locks: number }).locks === 0 &&
-            (state as { temps: number }).temps === 0),
+        ((state as { x: string | null }).x ?? '') === '' &&
+          (state as { locks: number }).locks === 0 &&
+          (state as { temps: number }).temps === 0,
         `nothing carried to the next request: ${JSON.stringify(state)}`,
       );
       t.ok(await eventually(() => checkedOut(db) === 0));
@@ -76,19 +71,12 @@ for (const pipeline of [false, true]) {
       await session.query('SET ROLE pg_read_all_data').catch(() => undefined);
     });
     t.equal(await outcome(ctx.finish({ statusCode: 200 })), 'ok');
-    const second = new DbSessionCtx();
-    let state: unknown;
-    await second.run(async () => {
-      const session = await dbSession(db);
-      state = (
-        await session.query(
-          "SELECT current_setting('review.x', true) AS x, current_user = session_user AS role_reset, " +
-            "(SELECT count(*)::int FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()) AS locks, " +
-            '(SELECT count(*)::int FROM pg_listening_channels()) AS listening',
-        )
-      ).rows[0];
-    });
-    await second.finish({ statusCode: 200 });
+    const state = await nextRequestRow(
+      db,
+      "SELECT current_setting('review.x', true) AS x, current_user = session_user AS role_reset, " +
+        "(SELECT count(*)::int FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()) AS locks, " +
+        '(SELECT count(*)::int FROM pg_listening_channels()) AS listening',
+    );
     t.match(state, { locks: 0, listening: 0, role_reset: true });
     t.ok(((state as { x: string | null }).x ?? '') === '');
     t.same(await texts(table), ['kept']);
@@ -110,18 +98,11 @@ for (const pipeline of [false, true]) {
         await session.query('SELECT pg_advisory_lock(4244)');
       });
       t.equal(await outcome(ctx.finish({ statusCode: 200 })), 'COMMIT_FAILED');
-      const second = new DbSessionCtx();
-      let state: unknown;
-      await second.run(async () => {
-        const session = await dbSession(db);
-        state = (
-          await session.query(
-            "SELECT coalesce(current_setting('review.x', true), '') AS x, " +
-              "(SELECT count(*)::int FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()) AS locks",
-          )
-        ).rows[0];
-      });
-      await second.finish({ statusCode: 200 });
+      const state = await nextRequestRow(
+        db,
+        "SELECT coalesce(current_setting('review.x', true), '') AS x, " +
+          "(SELECT count(*)::int FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()) AS locks",
+      );
       t.match(state, { x: '', locks: 0 });
       t.same(await texts(table), ['existing']);
       t.ok(await eventually(() => checkedOut(db) === 0));

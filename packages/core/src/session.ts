@@ -101,8 +101,7 @@ function corked<T>(client: PoolClient, write: () => T): T {
  */
 async function control(client: PoolClient, text: string): Promise<string | undefined> {
   if (plainOnly(client)) return firstTag(await client.query(text));
-  const statement = new ControlStatement(text);
-  client.query(statement as unknown as QueryConfig);
+  const statement = ControlStatement.send(client, text);
   await statement.done;
   return statement.tag;
 }
@@ -132,8 +131,7 @@ async function endWithReset(
       throw err;
     }
   }
-  const statement = new ControlStatement(`${end}; ${reset}`);
-  client.query(statement as unknown as QueryConfig);
+  const statement = ControlStatement.send(client, `${end}; ${reset}`);
   try {
     await statement.done;
     return { tag: statement.tag, resetFailed: false };
@@ -162,6 +160,12 @@ class ControlStatement {
   /** The first statement's command tag, once it is answered. */
   tag: string | undefined;
   #finished = false;
+
+  static send(client: PoolClient, text: string): ControlStatement {
+    const statement = new ControlStatement(text);
+    client.query(statement as unknown as QueryConfig);
+    return statement;
+  }
 
   constructor(readonly text: string) {
     let settle: (err: Error | undefined) => void = () => undefined;
